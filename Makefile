@@ -1,0 +1,43 @@
+# The two set-up commands of the README: `make demo` and `make test`.
+# Both create .venv when missing and install with constraints.txt (torch pinned to a CPU build).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
+PROMPT ?= def fibonacci(n):
+
+.PHONY: demo test install install-dev data train-tiny clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PIP) -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+demo: install
+	$(BIN)/quicksilver generate "$(PROMPT)" --model coder-tiny --max-new-tokens 96 --block-length 32
+	$(BIN)/quicksilver generate "$(PROMPT)" --model coder-tiny-ar --max-new-tokens 96 --no-live
+
+test: install-dev
+	$(BIN)/python -m pytest -q
+
+# The recipe of the bundled models (see docs/models.md): corpus, then both runs side by side.
+data: install
+	$(BIN)/quicksilver data build --out data/stdlib-8k --vocab-size 8192
+
+train-tiny: data
+	$(BIN)/quicksilver train configs/coder-tiny.toml --resume --no-progress > runs-coder-tiny.log 2>&1 & \
+	$(BIN)/quicksilver train configs/coder-tiny-ar.toml --resume --no-progress > runs-coder-tiny-ar.log 2>&1; wait
+	$(BIN)/quicksilver export runs/coder-tiny src/quicksilver/models/coder-tiny
+	$(BIN)/quicksilver export runs/coder-tiny-ar src/quicksilver/models/coder-tiny-ar
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,52 @@
+"""The Python API: ``lm = quicksilver.load("coder-tiny"); lm.generate("def fib(n):")``."""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .checkpoint import load_model
+from .model import Transformer
+from .sampling import DecodePolicy, GenerationError, GenerationResult, StepEvent, generate
+from .tokenizer import Tokenizer
+
+
+@dataclass
+class LM:
+    """A loaded model with its tokenizer; ``generate`` takes text and returns text plus stats."""
+    model: Transformer
+    tokenizer: Tokenizer
+    name: str
+
+    @property
+    def is_diffusion(self) -> bool:
+        return not self.model.config.causal
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise GenerationError("the prompt is empty")
+        return self.tokenizer.encode(prompt)
+
+    def generate(self, prompt: str | list[str], max_new_tokens: int = 128, steps: int | None = None,
+                 block_length: int = 32, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                 seed: int | None = None, stop_at_eos: bool = True,
+                 on_step: Callable[[StepEvent], None] | None = None) -> GenerationResult:
+        """Complete one prompt (or a list of prompts, decoded as one batch)."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        policy = DecodePolicy(max_new_tokens=max_new_tokens, block_length=block_length, steps=steps,
+                              temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                              stop_at_eos=stop_at_eos)
+        ids = [self.encode_prompt(p) for p in prompts]
+        result = generate(self.model, ids, policy, on_step=on_step)
+        result.texts = [self.tokenizer.decode(row) for row in result.ids]
+        return result
+
+
+def load(name_or_path: str | os.PathLike = "coder-tiny", device: str | None = None,
+         dtype: torch.dtype | None = torch.float32) -> LM:
+    """Load a bundled model by name or a checkpoint folder."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer = load_model(name_or_path, device=device, dtype=dtype)
+    return LM(model, tokenizer, str(name_or_path))
