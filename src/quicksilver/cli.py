@@ -10,6 +10,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Quicksilver: masked-diffusion language models that draft whole answers and refine them in parallel.")
@@ -40,7 +41,7 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except expected as e:
             message = str(e).rstrip(".")
-            err_console.print(f"[bold red]error:[/] {message}.", highlight=False, soft_wrap=True)
+            err_console.print(Text("error: ", style="bold red") + Text(f"{message}."), soft_wrap=True)
             raise typer.Exit(2) from None
     return wrapper
 

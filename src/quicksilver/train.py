@@ -51,6 +51,7 @@ class TrainConfig:
     eval_batches: int = 8
     eval_time_samples: int = 4  # diffusion validation: mask draws per sequence
     save_every: int = 200
+    keep_every: int = 0  # also keep every checkpoint whose step is a multiple of this (0: keep the last 2 only)
     seed: int = 0
     threads: int = 0  # 0: leave torch's default
     dtype: str = "bf16"  # autocast dtype: "bf16" or "fp32"
@@ -177,7 +178,8 @@ def _optimizer_tensors(opt: torch.optim.Optimizer, names: dict[int, str]) -> dic
     return out
 
 
-def save_checkpoint(out_dir: Path, model, opt, state: dict, tokenizer: Tokenizer, keep: int = 2) -> Path:
+def save_checkpoint(out_dir: Path, model, opt, state: dict, tokenizer: Tokenizer, keep: int = 2,
+                    keep_every: int = 0) -> Path:
     """Write ``checkpoints/step-N`` completely, then point ``latest`` at it (atomic rename)."""
     ckpt_root = out_dir / "checkpoints"
     final = ckpt_root / f"step-{state['step']:07d}"
@@ -192,6 +194,8 @@ def save_checkpoint(out_dir: Path, model, opt, state: dict, tokenizer: Tokenizer
     os.replace(tmp, final)
     atomic_write_text(out_dir / "latest", final.name + "\n")
     for old in sorted(ckpt_root.glob("step-*"))[:-keep]:
+        if keep_every and int(old.name.split("-")[1]) % keep_every == 0:
+            continue  # milestones stay, e.g. to measure decoding speed against training progress
         shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -264,7 +268,7 @@ def train(run: RunConfig, resume: bool = False, progress: bool = True, log=print
 
     def checkpoint():
         state["elapsed_s"] = elapsed_before + time.time() - session_start
-        save_checkpoint(out_dir, model, opt, state, tokenizer)
+        save_checkpoint(out_dir, model, opt, state, tokenizer, keep_every=cfg.keep_every)
 
     def evaluate():
         val = validation_loss(model, val_batches, cfg, mcfg, device)
@@ -305,6 +309,7 @@ def train(run: RunConfig, resume: bool = False, progress: bool = True, log=print
                 if state["step"] % 20 == 0:
                     log_file.write(json.dumps({"step": state["step"], "tokens": state["tokens"], "loss": loss,
                                                "lr": lr_at(step, cfg), "tok_s": round(tps)}) + "\n")
+                    log_file.flush()
                     window_tokens, window_start = 0, time.time()
                 val_text = None
                 if state["step"] % cfg.eval_every == 0 or state["step"] == cfg.max_steps:
