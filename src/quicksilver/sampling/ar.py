@@ -52,6 +52,8 @@ def generate_ar(model, prompts: list[list[int]], policy: DecodePolicy,
         token = torch.where(done, torch.full_like(token, cfg.eos_token_id), token)
         out[:, i] = token
         done |= token == cfg.eos_token_id
+        if i == 0:
+            first_token_seconds = time.perf_counter() - start_time
         if on_step is not None or history is not None:
             region = out.clone()
             if history is not None:
@@ -74,4 +76,5 @@ def generate_ar(model, prompts: list[list[int]], policy: DecodePolicy,
         ids.append([t for t in kept if t != cfg.mask_token_id])
         finished.append(fin)
     return GenerationResult(ids=ids, texts=[], nfe=nfe, generated_tokens=sum(map(len, ids)),
-                            seconds=seconds, finished=finished, history=history)
+                            seconds=seconds, finished=finished, history=history,
+                            first_token_seconds=first_token_seconds, row_forwards=nfe * b)

@@ -69,3 +69,74 @@ def commit_top(scores: torch.Tensor, candidates: torch.Tensor, counts: torch.Ten
     rank = torch.empty_like(order)
     rank.scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
     return (rank < counts[:, None]) & candidates
+
+
+# -- scores and parallel commit rules (Fast-dLLM and relatives) ------------------------------------
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy in nats of softmax(logits) over the last axis (positions with -inf logits count 0)."""
+    logp = logits.float().log_softmax(dim=-1)
+    p = logp.exp()
+    return -(p * logp.masked_fill(p == 0, 0.0)).sum(-1)
+
+
+def score_positions(logits: torch.Tensor, tokens: torch.Tensor, kind: str = "probability") -> torch.Tensor:
+    """How sure the model is of each position, higher = surer.
+
+    "probability": p(chosen token) (LLaDA's low-confidence score); "margin": top-1 minus top-2
+    probability; "entropy": minus the entropy of the position's distribution.
+    """
+    if kind == "probability":
+        return confidence(logits, tokens)
+    if kind == "margin":
+        top2 = logits.float().softmax(dim=-1).topk(2, dim=-1).values
+        return top2[..., 0] - top2[..., 1]
+    if kind == "entropy":
+        return -entropy(logits)
+    raise ValueError(f"unknown score '{kind}'")
+
+
+def _rank(scores: torch.Tensor, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Candidates sorted by score, best first: (sorted scores with -inf for non-candidates, order, rank)."""
+    scores = scores.masked_fill(~candidates, float("-inf"))
+    sorted_scores, order = scores.sort(dim=-1, descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
+    return sorted_scores, order, rank
+
+
+def _at_least_one(counts: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """Every row with a candidate commits at least one position; rows without commit none."""
+    has = candidates.any(dim=-1)
+    return torch.where(has, counts.clamp(min=1), torch.zeros_like(counts))
+
+
+def commit_threshold(scores: torch.Tensor, candidates: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The best candidate plus every candidate whose score is strictly above ``threshold``.
+
+    Strictly: with probabilities, ``threshold=1.0`` admits nothing beyond the best, so it reproduces
+    the one-token-per-step order of the reference.
+    """
+    above = (scores > threshold) & candidates
+    counts = _at_least_one(above.sum(-1), candidates)
+    return commit_top(scores, candidates, counts)
+
+
+def commit_factor(probs: torch.Tensor, candidates: torch.Tensor, factor: float) -> torch.Tensor:
+    """Fast-dLLM's factor rule on confidences ``probs`` (in [0, 1]): with candidates sorted by
+    confidence, c_1 >= c_2 >= ..., commit the longest prefix n such that (k + 1)(1 - c_k) <= factor
+    for every rank k <= n; rank 1 is always committed."""
+    sorted_p, _, _ = _rank(probs, candidates)
+    k = torch.arange(1, probs.shape[-1] + 1, device=probs.device, dtype=torch.float32)
+    ok = ((k + 1) * (1 - sorted_p.float()) <= factor) & torch.isfinite(sorted_p)
+    run = ok.long().cumprod(dim=-1).sum(-1)  # length of the leading run of accepted ranks
+    counts = _at_least_one(run, candidates)
+    return commit_top(probs, candidates, counts)
+
+
+def commit_entropy_bound(entropies: torch.Tensor, candidates: torch.Tensor, bound: float) -> torch.Tensor:
+    """Commit the lowest-entropy candidates while their summed entropy stays <= ``bound`` (at least one)."""
+    neg = -entropies.float()
+    sorted_neg, _, _ = _rank(neg, candidates)
+    cumulative = (-sorted_neg).masked_fill(~torch.isfinite(sorted_neg), float("inf")).cumsum(-1)
+    counts = _at_least_one((cumulative <= bound).sum(-1), candidates)
+    return commit_top(neg, candidates, counts)

@@ -6,6 +6,11 @@ from dataclasses import dataclass, field
 import torch
 
 
+COMMIT_RULES = ("fixed", "threshold", "factor", "entropy")
+SCORES = ("probability", "margin", "entropy")
+CACHE_MODES = ("none", "prefix", "dual")
+
+
 class GenerationError(ValueError):
     """A generation request that cannot be served as asked (one clear sentence)."""
 
@@ -20,6 +25,25 @@ class DecodePolicy:
     top_p: float = 1.0
     seed: int | None = None
     stop_at_eos: bool = True
+    # -- fast decoding (diffusion); the defaults are the reference sampler ------------------------
+    # How many masked positions of the block to commit per step:
+    #   "fixed": the linear schedule from ``steps`` (the reference);
+    #   "threshold": the best position plus every other whose score is above ``threshold``;
+    #   "factor": Fast-dLLM's factor rule, the longest run of ranks k with (k + 1)(1 - p_k) <= ``factor``;
+    #   "entropy": lowest-entropy positions while their summed entropy stays <= ``entropy_bound``.
+    # The rules other than "fixed" always commit at least one position and ignore ``steps``.
+    commit: str = "fixed"
+    score: str = "probability"  # ranks positions: "probability" | "margin" (top-1 - top-2) | "entropy" (negative)
+    threshold: float = 0.9
+    factor: float = 1.0
+    entropy_bound: float = 0.5  # nats, summed over the positions committed in one step
+    # "none": every step runs the whole canvas; "prefix": one full pass per block, later steps run the
+    # block and everything after it against the cached prompt + finished blocks; "dual": the suffix's
+    # keys/values are cached too and only the block is run.
+    cache: str = "none"
+    # Stop a row as soon as end of text is committed and every position before it is, instead of at
+    # the end of that block; the rest of its canvas is dropped, never decoded.  Outputs are unchanged.
+    early_stop: bool = False
 
     def validate(self) -> None:
         if self.max_new_tokens <= 0:
@@ -32,6 +56,24 @@ class DecodePolicy:
             raise GenerationError("temperature must be zero or positive")
         if not 0 < self.top_p <= 1:
             raise GenerationError("top_p must be in (0, 1]")
+        if self.commit not in COMMIT_RULES:
+            raise GenerationError(f"commit must be one of {', '.join(COMMIT_RULES)}, got '{self.commit}'")
+        if self.score not in SCORES:
+            raise GenerationError(f"score must be one of {', '.join(SCORES)}, got '{self.score}'")
+        if self.cache not in CACHE_MODES:
+            raise GenerationError(f"cache must be one of {', '.join(CACHE_MODES)}, got '{self.cache}'")
+        if self.factor <= 0:
+            raise GenerationError("factor must be positive")
+        if self.entropy_bound < 0:
+            raise GenerationError("entropy_bound must be zero or positive")
+
+    def describe(self) -> str:
+        """A short label of the decoding setting, e.g. 'dual · threshold 0.9 (probability)'."""
+        rule = {"fixed": f"fixed {self.steps or 'one/token'} steps", "threshold": f"threshold {self.threshold:g}",
+                "factor": f"factor {self.factor:g}", "entropy": f"entropy ≤ {self.entropy_bound:g}"}[self.commit]
+        if self.commit != "fixed" and self.score != "probability":
+            rule += f" ({self.score})"
+        return f"{self.cache} · {rule}"
 
 
 @dataclass
@@ -53,6 +95,10 @@ class GenerationResult:
     seconds: float
     finished: list[bool] = field(default_factory=list)  # per row: ended with end of text
     history: list[torch.Tensor] | None = None
+    # Seconds from the start until the first generated position of every row was final (streamable).
+    first_token_seconds: float | None = None
+    # Sum over forward passes of the rows they ran (finished rows leave the batch): row-forwards.
+    row_forwards: int = 0
 
     @property
     def tokens_per_forward(self) -> float:
