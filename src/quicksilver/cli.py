@@ -52,6 +52,9 @@ def _parse_overrides(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or "." not in key:
             raise UserError(f"--set takes section.key=value, got '{item}'")
+        if value.lower() in ("true", "false"):  # TOML spelling of booleans
+            out[key] = value.lower() == "true"
+            continue
         try:
             out[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):

@@ -58,6 +58,11 @@ class TrainConfig:
     device: str = "auto"
     fim_rate: float = 0.5  # AR only: share of sequences turned into fill-in-the-middle examples
     time_limit_minutes: float = 0.0  # 0: no limit; otherwise stop (and checkpoint) after this long
+    # "steps": warm-up and cosine decay over max_steps (exactly resumable).  "time": over
+    # time_limit_minutes of training (for fixed wall-clock budgets, e.g. one GPU lease).
+    schedule: str = "steps"
+    eval_every_minutes: float = 0.0  # also validate whenever this many minutes passed since the last one
+    compile: bool = False  # torch.compile each transformer block (falls back to eager if compiling fails)
 
     def __post_init__(self) -> None:
         if self.objective not in ("diffusion", "ar"):
@@ -69,6 +74,10 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be positive")
         if self.lr <= 0:
             raise ConfigError("train.lr must be positive")
+        if self.schedule not in ("steps", "time"):
+            raise ConfigError("train.schedule must be 'steps' or 'time'")
+        if self.schedule == "time" and self.time_limit_minutes <= 0:
+            raise ConfigError("train.schedule = 'time' needs train.time_limit_minutes > 0")
 
 
 @dataclass
@@ -86,6 +95,14 @@ def _section(raw: dict, name: str, cls):
     unknown = sorted(set(section) - known)
     if unknown:
         raise ConfigError(f"unknown key{'s' if len(unknown) > 1 else ''} in [{name}]: {', '.join(unknown)}")
+    for f in dataclasses.fields(cls):
+        if f.name not in section or f.default is dataclasses.MISSING:
+            continue
+        value, expected = section[f.name], type(f.default)
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            section[f.name] = value = float(value)
+        if expected in (int, float, bool, str) and type(value) is not expected:
+            raise ConfigError(f"[{name}] {f.name} must be {expected.__name__}, got {value!r}")
     try:
         return cls(**section)
     except TypeError as e:
@@ -111,10 +128,15 @@ def load_run_config(path: str | Path, overrides: dict | None = None) -> RunConfi
     return RunConfig(model, train, raw)
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
+def lr_at(step: int, cfg: TrainConfig, elapsed_s: float = 0.0) -> float:
+    """Linear warm-up over ``warmup_steps``, then cosine decay to ``min_lr_ratio * lr`` over the
+    rest of ``max_steps`` (or of the time budget when ``schedule = "time"``)."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    if cfg.schedule == "time":
+        progress = min(1.0, elapsed_s / (cfg.time_limit_minutes * 60))
+    else:
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
     floor = cfg.lr * cfg.min_lr_ratio
     return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
 
@@ -166,6 +188,16 @@ def validation_loss(model, batches: list[torch.Tensor], cfg: TrainConfig, mcfg: 
                 count += out.tokens
     model.train()
     return total / max(count, 1)
+
+
+def compile_blocks(model: Transformer, log=print) -> None:
+    """Compile each transformer block (static shapes); the LM head stays eager because diffusion
+    training runs it on a varying number of masked rows."""
+    try:
+        for block in model.layers:
+            block.compile()
+    except Exception as e:  # compiling is an optimisation: never let it stop a run
+        log(f"torch.compile unavailable ({e}); training eagerly")
 
 
 # -- checkpoints ------------------------------------------------------------------------------
@@ -242,6 +274,11 @@ def train(run: RunConfig, resume: bool = False, progress: bool = True, log=print
     model.reset_parameters(seed=cfg.seed)
     model.to(device).train()
     opt = make_optimizer(model, cfg)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if cfg.compile:
+        compile_blocks(model, log)
     state = {"step": 0, "tokens": 0, "elapsed_s": 0.0, "best_val": None, "best_step": None,
              "history": [], "config": {"model": mcfg.to_dict(), "train": dataclasses.asdict(cfg)}}
     if resume:
@@ -265,6 +302,8 @@ def train(run: RunConfig, resume: bool = False, progress: bool = True, log=print
     session_start = time.time()
     elapsed_before = state["elapsed_s"]
     window_tokens, window_start = 0, time.time()
+    last_eval = time.time()
+    compiled_pending = cfg.compile
 
     def checkpoint():
         state["elapsed_s"] = elapsed_before + time.time() - session_start
@@ -272,7 +311,8 @@ def train(run: RunConfig, resume: bool = False, progress: bool = True, log=print
 
     def evaluate():
         val = validation_loss(model, val_batches, cfg, mcfg, device)
-        record = {"step": state["step"], "tokens": state["tokens"], "val_loss": val,
+        record = {"step": state["step"], "tokens": state["tokens"], "epochs": state["tokens"] / len(train_data),
+                  "val_loss": val,
                   "elapsed_s": elapsed_before + time.time() - session_start}
         state["history"].append(record)
         log_file.write(json.dumps(record) + "\n")
@@ -282,19 +322,34 @@ def train(run: RunConfig, resume: bool = False, progress: bool = True, log=print
             save_pretrained(model, tokenizer, out_dir / "best")
             atomic_write_text(out_dir / "best" / "train_summary.json", json.dumps(
                 {k: state[k] for k in ("step", "tokens", "best_val", "best_step")}
-                | {"elapsed_s": record["elapsed_s"], "objective": cfg.objective}, indent=2))
+                | {"elapsed_s": record["elapsed_s"], "epochs": record["epochs"], "objective": cfg.objective},
+                indent=2))
         return val
 
     with bar:
         try:
             while state["step"] < cfg.max_steps:
                 step = state["step"]
+                lr = lr_at(step, cfg, elapsed_before + time.time() - session_start)
                 for group in opt.param_groups:
-                    group["lr"] = lr_at(step, cfg)
+                    group["lr"] = lr
                 tokens = train_data.batch(step, cfg.batch_size, cfg.seq_len, cfg.seed).to(device)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                    out = step_loss(model, tokens, cfg, mcfg, step)
-                out.loss.backward()
+                try:
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                        out = step_loss(model, tokens, cfg, mcfg, step)
+                    out.loss.backward()
+                except Exception as e:
+                    if not compiled_pending:
+                        raise
+                    # Compiling happens lazily at the first call: fall back to eager once.
+                    log(f"torch.compile failed ({type(e).__name__}: {e}); training eagerly")
+                    for block in model.layers:
+                        block._compiled_call_impl = None
+                    opt.zero_grad(set_to_none=True)
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                        out = step_loss(model, tokens, cfg, mcfg, step)
+                    out.loss.backward()
+                compiled_pending = False
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 opt.step()
@@ -308,12 +363,14 @@ def train(run: RunConfig, resume: bool = False, progress: bool = True, log=print
                 tps = window_tokens / max(1e-9, time.time() - window_start)
                 if state["step"] % 20 == 0:
                     log_file.write(json.dumps({"step": state["step"], "tokens": state["tokens"], "loss": loss,
-                                               "lr": lr_at(step, cfg), "tok_s": round(tps)}) + "\n")
+                                               "lr": lr, "tok_s": round(tps)}) + "\n")
                     log_file.flush()
                     window_tokens, window_start = 0, time.time()
                 val_text = None
-                if state["step"] % cfg.eval_every == 0 or state["step"] == cfg.max_steps:
+                due_by_time = cfg.eval_every_minutes and time.time() - last_eval >= cfg.eval_every_minutes * 60
+                if state["step"] % cfg.eval_every == 0 or state["step"] == cfg.max_steps or due_by_time:
                     val_text = f"{evaluate():.3f}"
+                    last_eval = time.time()
                 bar.update(task, completed=state["step"], loss=loss, tps=tps,
                            **({"val": val_text} if val_text else {}))
                 if state["step"] % cfg.save_every == 0 or state["step"] == cfg.max_steps:
@@ -321,6 +378,8 @@ def train(run: RunConfig, resume: bool = False, progress: bool = True, log=print
                 limit = cfg.time_limit_minutes * 60
                 if limit and elapsed_before + time.time() - session_start >= limit:
                     log(f"time limit of {cfg.time_limit_minutes} minutes reached at step {state['step']}")
+                    if not val_text:
+                        evaluate()
                     if state["step"] % cfg.save_every:
                         checkpoint()
                     break

@@ -130,7 +130,7 @@ class ShardDataset:
         gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
         starts = torch.randint(0, len(self) - seq_len, (batch_size * world_size,), generator=gen)
         starts = starts[rank * batch_size:(rank + 1) * batch_size]
-        return torch.stack([self.tokens[s:s + seq_len] for s in starts.tolist()])
+        return self.tokens[starts[:, None] + torch.arange(seq_len)]
 
     def fixed_batches(self, n_batches: int, batch_size: int, seq_len: int) -> list[torch.Tensor]:
         """Evenly spaced, non-overlapping windows: the same validation set for every model."""
