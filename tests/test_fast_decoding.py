@@ -103,16 +103,18 @@ def test_first_step_is_the_same_for_every_cache_mode():
     assert torch.equal(events["none"], events["prefix"]) and torch.equal(events["none"], events["dual"])
 
 
-@pytest.mark.parametrize("mode", ["prefix", "dual"])
-@pytest.mark.parametrize("commit", ["fixed", "threshold"])
-def test_cache_is_exact_when_cached_keys_cannot_change(mode, commit):
+@pytest.mark.parametrize("mode,refresh", [("prefix", "full"), ("dual", "full"), ("prefix", "incremental"),
+                                          ("dual", "incremental")])
+@pytest.mark.parametrize("commit,window", [("fixed", None), ("threshold", None), ("threshold", 4)])
+def test_cache_is_exact_when_cached_keys_cannot_change(mode, refresh, commit, window):
     """With one layer, keys/values depend only on each token and its position, so the prefix (and the
     masked suffix) keys/values cannot go stale: cached decoding must reproduce the uncached output,
     on the first block and all later ones."""
     m = model(num_hidden_layers=1, seed=3)
-    policy = dict(max_new_tokens=24, block_length=8, commit=commit, threshold=0.05, stop_at_eos=False)
+    policy = dict(max_new_tokens=24, block_length=8, commit=commit, threshold=0.05, stop_at_eos=False,
+                  window=window)
     base = generate(m, PROMPTS, DecodePolicy(cache="none", **policy), keep_history=True)
-    cached = generate(m, PROMPTS, DecodePolicy(cache=mode, **policy), keep_history=True)
+    cached = generate(m, PROMPTS, DecodePolicy(cache=mode, refresh=refresh, **policy), keep_history=True)
     assert cached.ids == base.ids and cached.nfe == base.nfe
     assert all(torch.equal(a, c) for a, c in zip(base.history, cached.history))
 
@@ -128,17 +130,24 @@ def test_cache_mode_cuts_the_work_per_step():
     """After the refresh, a prefix-cache step runs block + suffix and a dual-cache step only the block."""
     m = model(num_hidden_layers=2)
     lengths = {}
-    for mode in ("none", "prefix", "dual"):
+    for mode, extra in (("none", {}), ("prefix", {}), ("dual", {}), ("dual-inc", dict(refresh="incremental")),
+                        ("none-w4", dict(window=4)), ("dual-inc-w4", dict(refresh="incremental", window=4))):
         seen = []
         original = m.hidden_states
         m.hidden_states = lambda ids, *a, **k: (seen.append(ids.shape[1]), original(ids, *a, **k))[1]
-        generate(m, [PROMPTS[0]], DecodePolicy(max_new_tokens=16, block_length=8, cache=mode, stop_at_eos=False))
+        generate(m, [PROMPTS[0]], DecodePolicy(max_new_tokens=16, block_length=8, cache=mode.split("-")[0],
+                                               stop_at_eos=False, **extra))
         del m.hidden_states
         lengths[mode] = seen
     full = len(PROMPTS[0]) + 16
     assert lengths["none"] == [full] * 16
     assert lengths["prefix"] == ([full] + [16] * 7) + ([full] + [8] * 7)
     assert lengths["dual"] == ([full] + [8] * 7) * 2
+    # Incremental: the second block starts from the first block + itself (the prompt is not rerun).
+    assert lengths["dual-inc"] == ([full] + [8] * 7) + ([16] + [8] * 7)
+    # A window of 4: the first block sees 4 masks after it, the second the rest of the canvas.
+    assert lengths["none-w4"] == [full - 4] * 8 + [full] * 8
+    assert lengths["dual-inc-w4"] == ([full - 4] + [8] * 7) + ([16] + [8] * 7)
 
 
 # -- commit rules in the sampler -----------------------------------------------------------------
@@ -174,18 +183,33 @@ def test_dynamic_rule_needs_fewer_steps_than_reference_on_a_confident_model():
 
 
 # -- early stop -----------------------------------------------------------------------------------
-def _eos_biased(seed, strength):
+def _eos_from(position, seed=1):
+    """A model that is sure of end of text at rotary position ``position`` and unsure (uniform) of
+    everything after it, so rows with prompts of different lengths end after different numbers of
+    tokens and the positions after end of text are the last a confidence rule would commit."""
     m = model(seed=seed)
-    bias = torch.zeros(m.config.vocab_size)
-    bias[EOS] = strength
-    original = m.head
-    m.head = lambda h: original(h) + bias
+    hidden_states, head = m.hidden_states, m.head
+
+    def marked_hidden_states(ids, positions=None, attention_mask=None, cache=None):
+        h = hidden_states(ids, positions=positions, attention_mask=attention_mask, cache=cache).clone()
+        h[..., 0] += 1000.0 * (positions == position) + 3000.0 * (positions > position)
+        return h
+
+    def biased_head(h):
+        at, after = (h[..., 0] > 500) & (h[..., 0] < 2500), h[..., 0] > 2500
+        h = h.clone()
+        h[..., 0] -= 1000.0 * at + 3000.0 * after
+        out = head(h)
+        out[..., EOS] += 30.0 * at
+        return out.masked_fill(after[..., None], 0.0)
+
+    m.hidden_states, m.head = marked_hidden_states, biased_head
     return m
 
 
 @pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
 def test_early_stop_spends_no_forward_pass_after_end_of_text(cache):
-    m = _eos_biased(seed=1, strength=5.0)
+    m = _eos_from(position=len(PROMPTS[0]) + 11)  # end of text as the 12th generated token
     calls, states = [], []
     original = m.hidden_states
     m.hidden_states = lambda *a, **k: (calls.append(1), original(*a, **k))[1]
@@ -203,23 +227,28 @@ def test_early_stop_spends_no_forward_pass_after_end_of_text(cache):
     assert full.ids == result.ids and full.nfe > result.nfe
 
 
-def test_early_stop_in_a_batch_keeps_every_row_as_alone():
-    m = _eos_biased(seed=2, strength=4.0)
+@pytest.mark.parametrize("refresh", ["full", "incremental"])
+def test_early_stop_in_a_batch_keeps_every_row_as_alone(refresh):
+    m = _eos_from(position=12, seed=2)
     policy = DecodePolicy(max_new_tokens=32, block_length=8, commit="threshold", threshold=0.5,
-                          cache="dual", early_stop=True)
+                          cache="dual", early_stop=True, refresh=refresh)
     batch = generate(m, PROMPTS, policy)
     alone = [generate(m, [p], policy) for p in PROMPTS]
     assert batch.ids == [a.ids[0] for a in alone]
     assert batch.row_forwards < batch.nfe * len(PROMPTS)  # finished rows left the batch
+    blocks = [len(a.ids[0]) // 8 + 1 for a in alone]
+    assert len(set(blocks)) > 1 and max(blocks) > 1  # rows left in different blocks, some after the first
 
 
 # -- batching -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
+@pytest.mark.parametrize("cache,refresh,window", [("none", "full", None), ("prefix", "full", None),
+                                                  ("dual", "full", None), ("dual", "incremental", None),
+                                                  ("prefix", "incremental", 8), ("none", "full", 8)])
 @pytest.mark.parametrize("commit", ["fixed", "threshold"])
-def test_batch_equals_single_at_temperature_zero(cache, commit):
+def test_batch_equals_single_at_temperature_zero(cache, refresh, window, commit):
     m = model(num_hidden_layers=2, seed=4)
-    policy = DecodePolicy(max_new_tokens=16, block_length=8, cache=cache, commit=commit, threshold=0.02,
-                          early_stop=True)
+    policy = DecodePolicy(max_new_tokens=24, block_length=8, cache=cache, commit=commit, threshold=0.02,
+                          early_stop=True, refresh=refresh, window=window)
     batch = generate(m, PROMPTS, policy).ids
     alone = [generate(m, [p], policy).ids[0] for p in PROMPTS]
     assert batch == alone

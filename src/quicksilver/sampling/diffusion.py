@@ -74,19 +74,32 @@ class ContextCache(KVCache):
             self.keys[i], self.values[i] = kb, vb
 
     @classmethod
-    def from_full(cls, full: KVCache, mask: torch.Tensor | None, lo: int, hi: int, mode: str) -> "ContextCache":
-        """Context from a full-canvas pass: positions < lo (prefix), plus >= hi for the dual cache."""
+    def from_pass(cls, keys: list[torch.Tensor], values: list[torch.Tensor], mask: torch.Tensor | None,
+                  lo: int, hi: int, mode: str) -> "ContextCache":
+        """Context from the keys/values of canvas positions [0, end) (a refresh pass): positions < lo
+        (prefix), plus [hi, end) for the dual cache.  ``mask`` covers [0, end) or is None."""
+        end = keys[0].shape[2]
         if mode == "prefix":
-            keys = [k[:, :, :lo] for k in full.keys]
-            values = [v[:, :, :lo] for v in full.values]
+            ctx_k = [k[:, :, :lo] for k in keys]
+            ctx_v = [v[:, :, :lo] for v in values]
             ctx_mask = None if mask is None else mask[:, :lo]
-            slot = full.length - lo
+            slot = end - lo
         else:
-            keys = [torch.cat([k[:, :, :lo], k[:, :, hi:]], dim=2) for k in full.keys]
-            values = [torch.cat([v[:, :, :lo], v[:, :, hi:]], dim=2) for v in full.values]
-            ctx_mask = None if mask is None else torch.cat([mask[:, :lo], mask[:, hi:]], dim=1)
+            ctx_k = [torch.cat([k[:, :, :lo], k[:, :, hi:]], dim=2) for k in keys]
+            ctx_v = [torch.cat([v[:, :, :lo], v[:, :, hi:]], dim=2) for v in values]
+            ctx_mask = None if mask is None else torch.cat([mask[:, :lo], mask[:, hi:end]], dim=1)
             slot = hi - lo
-        return cls(keys, values, ctx_mask, slot)
+        return cls(ctx_k, ctx_v, ctx_mask, slot)
+
+    @classmethod
+    def from_full(cls, full: KVCache, mask: torch.Tensor | None, lo: int, hi: int, mode: str) -> "ContextCache":
+        """Context from a full-canvas pass that filled ``full``."""
+        return cls.from_pass(full.keys, full.values, mask, lo, hi, mode)
+
+    def filled(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Keys/values of context + the tokens of the last pass (views, in that order)."""
+        end = self.keys[0].shape[2]
+        return [k[:, :, :end] for k in self.keys], [v[:, :, :end] for v in self.values]
 
     @property
     def length(self) -> int:
@@ -170,8 +183,11 @@ def generate_diffusion(model, prompts: list[list[int]], policy: DecodePolicy,
     nfe = row_forwards = 0
     first_token_seconds = None
     start_time = time.perf_counter()
+    prefix = None  # incremental refresh: keys/values and mask of [0, prefix_end) for prefix_rows
+    prefix_rows = prefix_end = None
     for block, (start, size, n_steps) in enumerate(zip(block_starts, block_sizes, plan)):
         lo, hi = width + start, width + start + size
+        end = total if policy.window is None else min(total, hi + policy.window)
         rows = alive.nonzero().squeeze(1)
         if rows.numel() == 0:
             break
@@ -180,15 +196,32 @@ def generate_diffusion(model, prompts: list[list[int]], policy: DecodePolicy,
         step = 0
         while rows.numel():
             x, pos = canvas[rows], positions[rows]
-            am = attention[rows] if padded else None
-            if context is None:  # a full pass: every step without a cache, the first of a block with one
+            am = attention[rows, :end] if padded else None
+            if context is None and policy.cache != "none" and prefix is not None:
+                # Incremental refresh: the finished block, this block and the suffix against the prefix.
+                index = alive[prefix_rows].nonzero().squeeze(1)
+                p_keys = [k.index_select(0, index) for k in prefix[0]]
+                p_values = [v.index_select(0, index) for v in prefix[1]]
+                p_mask = None if prefix[2] is None else prefix[2].index_select(0, index)
+                scratch = ContextCache(p_keys, p_values, p_mask, end - prefix_end)
+                hidden = model.hidden_states(x[:, prefix_end:end], positions=pos[:, prefix_end:end],
+                                             cache=scratch)[:, lo - prefix_end:hi - prefix_end]
+                keys, values = scratch.filled()
+            elif context is None:  # a full pass: every step without a cache, the first of a block with one
                 full = KVCache(cfg.num_hidden_layers) if policy.cache != "none" else None
-                hidden = model.hidden_states(x, positions=pos, attention_mask=am, cache=full)[:, lo:hi]
+                hidden = model.hidden_states(x[:, :end], positions=pos[:, :end], attention_mask=am,
+                                             cache=full)[:, lo:hi]
                 if full is not None:
-                    context = ContextCache.from_full(full, am, lo, hi, policy.cache)
+                    keys, values = full.keys, full.values
             else:
-                q_hi = total if policy.cache == "prefix" else hi
+                q_hi = end if policy.cache == "prefix" else hi
                 hidden = model.hidden_states(x[:, lo:q_hi], positions=pos[:, lo:q_hi], cache=context)[:, :size]
+            if context is None and policy.cache != "none":
+                context = ContextCache.from_pass(keys, values, am, lo, hi, policy.cache)
+                if policy.refresh == "incremental":
+                    prefix = ([k[:, :, :lo] for k in keys], [v[:, :, :lo] for v in values],
+                              None if am is None else am[:, :lo])
+                    prefix_rows, prefix_end = rows, lo
             nfe += 1
             row_forwards += rows.numel()
             block_tokens = x[:, lo:hi]

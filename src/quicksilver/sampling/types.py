@@ -9,6 +9,7 @@ import torch
 COMMIT_RULES = ("fixed", "threshold", "factor", "entropy")
 SCORES = ("probability", "margin", "entropy")
 CACHE_MODES = ("none", "prefix", "dual")
+REFRESH_MODES = ("full", "incremental")
 
 
 class GenerationError(ValueError):
@@ -41,6 +42,12 @@ class DecodePolicy:
     # block and everything after it against the cached prompt + finished blocks; "dual": the suffix's
     # keys/values are cached too and only the block is run.
     cache: str = "none"
+    # How a cached block starts: "full" runs the whole canvas (Fast-dLLM: the prompt and finished
+    # blocks are recomputed once per block); "incremental" runs only the block just finished, the new
+    # block and the suffix against the cached prefix, so the prompt is encoded once per generation.
+    refresh: str = "full"
+    # How many masked positions after the active block the model sees; None = the whole canvas.
+    window: int | None = None
     # Stop a row as soon as end of text is committed and every position before it is, instead of at
     # the end of that block; the rest of its canvas is dropped, never decoded.  Outputs are unchanged.
     early_stop: bool = False
@@ -62,6 +69,10 @@ class DecodePolicy:
             raise GenerationError(f"score must be one of {', '.join(SCORES)}, got '{self.score}'")
         if self.cache not in CACHE_MODES:
             raise GenerationError(f"cache must be one of {', '.join(CACHE_MODES)}, got '{self.cache}'")
+        if self.refresh not in REFRESH_MODES:
+            raise GenerationError(f"refresh must be one of {', '.join(REFRESH_MODES)}, got '{self.refresh}'")
+        if self.window is not None and self.window < 0:
+            raise GenerationError("window must be zero or positive (or None for the whole canvas)")
         if self.factor <= 0:
             raise GenerationError("factor must be positive")
         if self.entropy_bound < 0:
@@ -73,7 +84,9 @@ class DecodePolicy:
                 "factor": f"factor {self.factor:g}", "entropy": f"entropy ≤ {self.entropy_bound:g}"}[self.commit]
         if self.commit != "fixed" and self.score != "probability":
             rule += f" ({self.score})"
-        return f"{self.cache} · {rule}"
+        cache = self.cache + ("+incremental" if self.refresh == "incremental" and self.cache != "none" else "")
+        window = "" if self.window is None else f" · window {self.window}"
+        return f"{cache} · {rule}{window}"
 
 
 @dataclass
