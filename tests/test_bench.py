@@ -33,13 +33,17 @@ def test_quality_proxies():
     assert bench.parses("def f():\n", "    return 1\n\nprint(f(")  # cut at the stop sequence
     assert not bench.parses("def f():\n", "    return (1\n")
     assert not bench.parses("def f():\n", "")
+    # A docstring-only prompt parses alone: an empty or comment-only completion must not count.
+    assert not bench.parses('def f():\n    """Doc."""\n', "\ndef g():\n    pass")
+    assert not bench.parses('def f():\n    """Doc."""\n', "    # nothing\n")
+    assert bench.parses('def f():\n    """Doc."""\n', "    return 2\n")
 
 
 def test_bench_runs_end_to_end(twins, tmp_path):
-    systems = ("reference", "dual", "prefix+thr0.9", "dual+thr0.5", "dual+factor2", "dual+entropy1.5",
+    systems = ("reference", "dual", "prefix+thr0.9", "dual+thr0.5", "dual+factor2", "dual+entropy1", "dual-inc-w32+thr0.7",
                "ar-twin") + (("hf-llama",) if HAS_HF else ())
     cfg = bench.BenchConfig(diffusion_model=str(twins["diffusion"]), ar_model=str(twins["ar"]), prompts=PROMPTS,
-                            max_new_tokens=16, block_length=8, batch_sizes=(1, 2), repeats=2, warmup=1,
+                            max_new_tokens=16, block_length=8, batch_sizes=(1, 2), repeats=2, slow_repeats=2, warmup=1,
                             dtype="auto", systems=systems, profile=True, checkpoints=(str(twins["diffusion"]),),
                             checkpoint_systems=("dual+thr0.9",), out_dir=str(tmp_path))
     logged = []

@@ -225,6 +225,7 @@ def bench(
     block_length: int = typer.Option(32, help="Diffusion block length."),
     batch_size: List[int] = typer.Option([1, 8], "--batch-size", "-b", help="Batch sizes to run (repeatable)."),
     repeats: int = typer.Option(3, help="Timed repeats; the median is reported."),
+    slow_repeats: int = typer.Option(1, help="Timed repeats of the one-token-per-step settings (slow)."),
     warmup: int = typer.Option(1, help="Untimed warm-up calls per system."),
     dtype: str = typer.Option("auto", help="auto (time fp32 and bf16, keep the faster per model), fp32 or bf16."),
     system: List[str] = typer.Option([], "--system", "-s", help="Run only these systems (repeatable); "
@@ -248,8 +249,8 @@ def bench(
             raise UserError(f"unknown system '{name}'; choose from {', '.join(sorted(known))}")
     if dtype not in ("auto", "fp32", "bf16"):
         raise UserError("--dtype must be auto, fp32 or bf16")
-    if prompts <= 0 or max_new_tokens <= 0 or repeats <= 0 or any(b <= 0 for b in batch_size):
-        raise UserError("--prompts, --max-new-tokens, --repeats and --batch-size must be positive")
+    if min(prompts, max_new_tokens, repeats, slow_repeats, *batch_size) <= 0:
+        raise UserError("--prompts, --max-new-tokens, --repeats, --slow-repeats and --batch-size must be positive")
     explicit = None
     if prompt_file is not None:
         try:
@@ -262,6 +263,7 @@ def bench(
     os.environ.setdefault("QUICKSILVER_BENCH_COMMAND", "quicksilver " + " ".join(sys.argv[1:]))
     cfg = BenchConfig(diffusion_model=model, ar_model=ar_model, num_prompts=prompts, max_new_tokens=max_new_tokens,
                       block_length=block_length, batch_sizes=tuple(batch_size), repeats=repeats, warmup=warmup,
+                      slow_repeats=slow_repeats,
                       dtype=dtype, systems=tuple(system) or None, hf=hf, profile=profile,
                       checkpoints=tuple(str(c) for c in checkpoint), threads=threads, device=device,
                       out_dir=str(out), prompts=explicit)
