@@ -55,7 +55,7 @@ def _p(**kw) -> DecodePolicy:
 
 # name -> (policy fields, run at batch 8 too).  The reference is LLaDA's sampler: one token per step,
 # no cache, stop after the block holding end of text.  Every other setting also stops early.
-# Names: <cache>[-inc (incremental refresh)][-w<window>]+<commit rule><parameter>.
+# Names: <cache>[-inc (incremental refresh)][-w<window>][-b<block length>]+<commit rule><parameter>.
 _E = dict(early_stop=True)
 _DUAL, _INC = dict(cache="dual", **_E), dict(cache="dual", refresh="incremental", **_E)
 DIFFUSION_SETTINGS: dict[str, tuple[dict, bool]] = {
@@ -76,6 +76,7 @@ DIFFUSION_SETTINGS: dict[str, tuple[dict, bool]] = {
     "dual-inc+thr0.5": (dict(_INC, commit="threshold", threshold=0.5), True),
     "dual-inc-w32+thr0.7": (dict(_INC, window=32, commit="threshold", threshold=0.7), True),
     "dual-inc-w32+thr0.5": (dict(_INC, window=32, commit="threshold", threshold=0.5), False),
+    "dual-inc-b16+thr0.7": (dict(_INC, block_length=16, commit="threshold", threshold=0.7), False),
 }
 # The one-token-per-step settings are slow (hundreds of passes); they are timed ``slow_repeats`` times.
 SLOW_SETTINGS = ("reference", "prefix", "dual")
@@ -311,7 +312,7 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         except ImportError:
             log("transformers is not installed: skipping hf-llama (pip install 'quicksilver-lm[bench]')")
             wanted.discard("hf-llama")
-    settings = {name: DecodePolicy(max_new_tokens=cfg.max_new_tokens, block_length=cfg.block_length, **kw)
+    settings = {name: DecodePolicy(**{"max_new_tokens": cfg.max_new_tokens, "block_length": cfg.block_length, **kw})
                 for name, (kw, _) in DIFFUSION_SETTINGS.items()}
     diffusion_names = [n for n in DIFFUSION_SETTINGS if n in wanted]
     ar_names = [n for n in AR_SYSTEMS if n in wanted]

@@ -86,7 +86,7 @@ class DecodePolicy:
             rule += f" ({self.score})"
         cache = self.cache + ("+incremental" if self.refresh == "incremental" and self.cache != "none" else "")
         window = "" if self.window is None else f" · window {self.window}"
-        return f"{cache} · {rule}{window}"
+        return f"{cache} · {rule}{window} · block {self.block_length}"
 
 
 @dataclass
