@@ -69,11 +69,14 @@ def test_bench_runs_end_to_end(twins, tmp_path):
     assert set(result["profile"]) >= {"reference", "ar-twin"}
     assert 0 < result["profile"]["reference"]["body_share"] <= 1
     assert result["checkpoints"][0]["tokens_per_forward"] > 0
+    target = result["target"]
+    assert target["met"] in (True, False) and target["best_any"] in systems
+    assert set(target["tokens_per_forward_needed"]) == {s for s in systems if s not in bench.AR_SYSTEMS}
     paths = bench.write_outputs(result, tmp_path, log=logged.append)
     saved = json.loads(paths["json"].read_text())
     assert saved["results"] == result["results"] and saved["machine"]["cores"] >= 1
     table = paths["table"].read_text()
-    assert table.count("\n") == len(rows) + 2 and "dual+thr0.5" in table
+    assert table.count("\n|") == len(rows) + 1 and "dual+thr0.5" in table and "AR twin:" in table
     if HAS_MPL:
         assert paths["png"].read_bytes()[:4] == b"\x89PNG"
 

@@ -118,6 +118,7 @@ class Row:
     seconds_all: list[float]
     generated_tokens: int
     nfe_per_call: float
+    ms_per_forward: float  # wall time per forward pass, sampler included
     tokens_per_forward: float
     first_token_ms: float
     parse_share: float
@@ -290,6 +291,7 @@ def _summarise(system, model_name, batch, dtype, setting, seconds, calls, prompt
     return Row(system=system, model=model_name, batch=batch, dtype=dtype, setting=setting,
                tokens_per_second=tokens / max(med, 1e-9), seconds=med, seconds_all=seconds,
                generated_tokens=tokens, nfe_per_call=sum(c.nfe for c in calls) / len(calls),
+               ms_per_forward=1000 * med / max(1, sum(c.nfe for c in calls)),
                tokens_per_forward=tokens / max(1, row_forwards),
                first_token_ms=1000 * statistics.median(c.first_token_seconds for c in calls),
                parse_share=sum(parses(p, t) for p, t in zip(prompts, texts)) / len(texts),
@@ -371,6 +373,7 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         "results": [{k: v for k, v in asdict(r).items() if k not in ("completions", "ids")} for r in rows],
         "completions": {f"{r.system}@{r.batch}": r.completions for r in rows},
     }
+    result["target"] = target_summary(result["results"])
     if cfg.profile and models:
         result["profile"] = profile_systems(models, settings, prompt_ids, cfg, log)
     if cfg.checkpoints:
@@ -452,6 +455,47 @@ def checkpoint_sweep(cfg: BenchConfig, settings, prompts, prompt_ids, dtype: str
 
 
 # -- reporting -------------------------------------------------------------------------------------
+def target_summary(results: list[dict], speedup: float = 3.0, parse_gap: float = 0.05) -> dict | None:
+    """The issue's target at batch 1: the best diffusion setting whose parse rate is at most 5 points
+    below the AR twin's, its speed-up over the twin, and the tokens/forward each setting would need
+    for ``speedup`` at its own cost per forward pass."""
+    rows = [r for r in results if r["batch"] == 1]
+    ar = next((r for r in rows if r["system"] == "ar-twin"), None)
+    diffusion = [r for r in rows if r["system"] not in AR_SYSTEMS]
+    if ar is None or not diffusion:
+        return None
+    ar_ms_per_token = 1000 / ar["tokens_per_second"]
+    eligible = [r for r in diffusion if r["parse_share"] >= ar["parse_share"] - parse_gap - 1e-9]
+    best_any = max(diffusion, key=lambda r: r["tokens_per_second"])
+    best = max(eligible, key=lambda r: r["tokens_per_second"]) if eligible else None
+    needed = {r["system"]: speedup * r["ms_per_forward"] / ar_ms_per_token for r in diffusion}
+    return {
+        "ar_tokens_per_second": ar["tokens_per_second"], "ar_parse_share": ar["parse_share"],
+        "best_eligible": None if best is None else best["system"],
+        "best_eligible_speedup": None if best is None else best["tokens_per_second"] / ar["tokens_per_second"],
+        "best_any": best_any["system"], "best_any_speedup": best_any["tokens_per_second"] / ar["tokens_per_second"],
+        "best_any_parse_share": best_any["parse_share"],
+        "met": bool(best is not None and best["tokens_per_second"] >= speedup * ar["tokens_per_second"]),
+        "tokens_per_forward_needed": needed,
+    }
+
+
+def target_lines(result: dict) -> list[str]:
+    t = result.get("target")
+    if not t:
+        return []
+    lines = [f"AR twin: {t['ar_tokens_per_second']:.0f} tokens/s, parse {_pct(t['ar_parse_share'])}."]
+    if t["best_eligible"]:
+        lines.append(f"Fastest diffusion setting within 5 points of the twin's parse rate: {t['best_eligible']} at "
+                     f"{t['best_eligible_speedup']:.2f}× the twin's tokens/s (target 3×: "
+                     f"{'met' if t['met'] else 'not met'}).")
+    else:
+        lines.append("No diffusion setting is within 5 points of the twin's parse rate (target 3×: not met).")
+    lines.append(f"Fastest diffusion setting regardless of quality: {t['best_any']} at {t['best_any_speedup']:.2f}× "
+                 f"(parse {_pct(t['best_any_parse_share'])}).")
+    return lines
+
+
 def machine_info() -> dict:
     cpu = platform.processor() or platform.machine()
     try:
@@ -479,7 +523,7 @@ def _pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.0f}%"
 
 
-HEADER = ("system", "batch", "dtype", "tokens/s", "× AR", "NFE/call", "tokens/fwd", "TTFT ms", "parse",
+HEADER = ("system", "batch", "dtype", "tokens/s", "× AR", "NFE/call", "ms/fwd", "tokens/fwd", "TTFT ms", "parse",
           "identical", "same body")
 
 
@@ -487,7 +531,7 @@ def format_row(row: Row, rows: list[Row]) -> str:
     ar = _ar_speed(row, rows)
     cells = (row.system, str(row.batch), row.dtype, f"{row.tokens_per_second:.0f}",
              "—" if not ar else f"{row.tokens_per_second / ar:.2f}", f"{row.nfe_per_call:.1f}",
-             f"{row.tokens_per_forward:.2f}", f"{row.first_token_ms:.0f}", _pct(row.parse_share),
+             f"{row.ms_per_forward:.1f}", f"{row.tokens_per_forward:.2f}", f"{row.first_token_ms:.0f}", _pct(row.parse_share),
              _pct(row.identical_share), _pct(row.same_body_share))
     return " | ".join(cells)
 
@@ -505,7 +549,7 @@ def write_outputs(result: dict, out_dir: str | Path, log: Callable[[str], None] 
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "bench.json", "table": out / "bench.md"}
     paths["json"].write_text(json.dumps(result, indent=1) + "\n")
-    paths["table"].write_text(markdown_table(result) + "\n")
+    paths["table"].write_text(markdown_table(result) + "\n\n" + "\n".join(target_lines(result)) + "\n")
     try:
         paths["png"] = plot(result, out / "bench.png")
     except ImportError:

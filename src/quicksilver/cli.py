@@ -129,7 +129,6 @@ def export(
     shard_mb: Optional[int] = typer.Option(None, help="Split weights into shards of at most this many MB."),
 ):
     """Export a run's best checkpoint as an HF-layout folder (e.g. to bundle it)."""
-
     import shutil
 
     import torch
@@ -146,7 +145,6 @@ def export(
     if summary.is_file():
         shutil.copy(summary, out / "train_summary.json")
     console.print(f"exported {source} to {out} ({model.num_parameters():,} parameters, {dtype})")
-
 
 
 @app.command()
@@ -241,7 +239,8 @@ def bench(
     import json
     import os
 
-    from .bench import AR_SYSTEMS, DIFFUSION_SETTINGS, BenchConfig, markdown_table, run_benchmark, write_outputs
+    from .bench import (AR_SYSTEMS, DIFFUSION_SETTINGS, BenchConfig, markdown_table, run_benchmark, target_lines,
+                        write_outputs)
 
     known = set(DIFFUSION_SETTINGS) | set(AR_SYSTEMS)
     for name in system:
@@ -273,6 +272,8 @@ def bench(
         raise UserError(str(e)) from None
     paths = write_outputs(result, out, log=console.print)
     console.print(markdown_table(result), highlight=False, markup=False)
+    for line in target_lines(result):
+        console.print(line, highlight=False, markup=False)
     console.print("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
