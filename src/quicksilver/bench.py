@@ -71,13 +71,18 @@ DIFFUSION_SETTINGS: dict[str, tuple[dict, bool]] = {
     "dual+factor1": (dict(_DUAL, commit="factor", factor=1.0), False),
     "dual+factor2": (dict(_DUAL, commit="factor", factor=2.0), False),
     "dual+entropy1": (dict(_DUAL, commit="entropy", entropy_bound=1.0), False),
-    "dual-inc+thr0.9": (dict(_INC, commit="threshold", threshold=0.9), True),
+    "dual-inc+thr0.9": (dict(_INC, commit="threshold", threshold=0.9), False),
     "dual-inc+thr0.7": (dict(_INC, commit="threshold", threshold=0.7), True),
-    "dual-inc+thr0.5": (dict(_INC, commit="threshold", threshold=0.5), True),
+    "dual-inc+thr0.5": (dict(_INC, commit="threshold", threshold=0.5), False),
     "dual-inc-w32+thr0.7": (dict(_INC, window=32, commit="threshold", threshold=0.7), True),
     "dual-inc-w32+thr0.5": (dict(_INC, window=32, commit="threshold", threshold=0.5), False),
     "dual-inc-b16+thr0.7": (dict(_INC, block_length=16, commit="threshold", threshold=0.7), False),
 }
+# What a run without --system measures at batch 1 (all of these plus the AR systems) and at larger
+# batches (the settings marked True above, plus the AR systems).  The others are there to be asked for.
+DEFAULT_SETTINGS = ("reference", "prefix", "dual", "none+thr0.9", "prefix+thr0.9", "dual+thr0.9", "dual+thr0.7",
+                    "dual+thr0.5", "dual+margin0.5", "dual+factor2", "dual+entropy1", "dual-inc+thr0.7",
+                    "dual-inc-w32+thr0.7")
 # The one-token-per-step settings are slow (hundreds of passes); they are timed ``slow_repeats`` times.
 SLOW_SETTINGS = ("reference", "prefix", "dual")
 AR_SYSTEMS = ("ar-twin", "hf-llama")
@@ -302,7 +307,7 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     prompts = list(cfg.prompts) if cfg.prompts is not None else humaneval_prompts(cfg.num_prompts)
-    wanted = set(cfg.systems) if cfg.systems else set(DIFFUSION_SETTINGS) | set(AR_SYSTEMS)
+    wanted = set(cfg.systems) if cfg.systems else set(DEFAULT_SETTINGS) | set(AR_SYSTEMS)
     unknown = wanted - set(DIFFUSION_SETTINGS) - set(AR_SYSTEMS)
     if unknown:
         raise ValueError(f"unknown systems: {', '.join(sorted(unknown))}")
@@ -563,7 +568,8 @@ def plot(result: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 6))
-    for batch, marker in ((1, "o"), (8, "s")):
+    batches = sorted({r["batch"] for r in result["results"]})
+    for batch, marker in zip(batches, "os^vD<>p*"):
         pts = [r for r in result["results"] if r["batch"] == batch]
         for r in pts:
             colour = "tab:red" if r["system"] in AR_SYSTEMS else "tab:blue"
