@@ -295,6 +295,8 @@ def _eval_progress(description: str):
     def update(stage: str, n: int, total: int) -> None:
         if stage not in tasks:
             tasks[stage] = bar.add_task(f"{description}: {stage}", total=total)
+        elif bar.tasks[tasks[stage]].finished:  # the same stage again (the curve's next setting)
+            bar.reset(tasks[stage], total=total)
         bar.advance(tasks[stage], n)
     return bar, update
 
@@ -329,10 +331,29 @@ def _sandbox(timeout: float, memory_mb: int):
     return SandboxLimits(timeout_s=timeout, memory_mb=memory_mb)
 
 
-def _finish(result: dict, system, setting: str, out: Path) -> None:
+def _eval_command_line(ctx: typer.Context) -> str:
+    """The `quicksilver eval ...` command that reproduces the running one (options that differ from
+    their defaults, long spelling), for the result files."""
+    import shlex
+
+    parts = ["quicksilver", "eval", ctx.info_name or ""]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        default = param.default
+        if isinstance(value, (list, tuple)):
+            value, default = list(value), list(default or [])
+        if value == default or value is None or value == []:
+            continue
+        flag = max(param.opts, key=len)
+        for item in value if isinstance(value, list) else [value]:
+            parts += [flag, shlex.quote(str(item))]
+    return " ".join(parts)
+
+
+def _finish(ctx: typer.Context, result: dict, system, setting: str, out: Path) -> None:
     from .eval.report import stamp, summary_line, write_result
 
-    result = stamp(result, system, setting)
+    result = stamp(result, system, setting, _eval_command_line(ctx))
     path = write_result(result, out)
     console.print(summary_line(result), highlight=False, markup=False, soft_wrap=True)
     console.print(f"wrote {path}", highlight=False, markup=False)
@@ -345,6 +366,7 @@ _SETTING_HELP = "Diffusion decoding: fixed:K (K tokens per forward), threshold:T
 @eval_app.command("humaneval")
 @user_errors
 def eval_humaneval(
+    ctx: typer.Context,
     model: Optional[str] = typer.Option("coder-tiny", "--model", "-m", help=_MODEL_HELP),
     endpoint: Optional[str] = typer.Option(None, help="OpenAI-compatible base URL to test instead of a local model."),
     extra: Optional[str] = typer.Option(None, help="Extra JSON fields for each --endpoint request."),
@@ -384,12 +406,13 @@ def eval_humaneval(
                                    progress=update)
     except (RuntimeError, EndpointError) as e:
         raise UserError(str(e)) from None
-    _finish(result, system, system.describe(max_new_tokens, temperature), out)
+    _finish(ctx, result, system, system.describe(max_new_tokens, temperature), out)
 
 
 @eval_app.command("infill")
 @user_errors
 def eval_infill(
+    ctx: typer.Context,
     model: Optional[str] = typer.Option("coder-tiny", "--model", "-m", help=_MODEL_HELP),
     endpoint: Optional[str] = typer.Option(None, help="OpenAI-compatible base URL (infills with the suffix field)."),
     extra: Optional[str] = typer.Option(None, help="Extra JSON fields for each --endpoint request."),
@@ -423,12 +446,13 @@ def eval_infill(
                                 workers=workers, progress=update)
     except (RuntimeError, EndpointError) as e:
         raise UserError(str(e)) from None
-    _finish(result, system, system.describe(budget or DEFAULT_BUDGET[mode]), out)
+    _finish(ctx, result, system, system.describe(budget or DEFAULT_BUDGET[mode]), out)
 
 
 @eval_app.command("ppl")
 @user_errors
 def eval_ppl(
+    ctx: typer.Context,
     model: str = typer.Option("coder-tiny", "--model", "-m", help="Bundled model name or checkpoint folder."),
     data: Path = typer.Option(Path("data/stdlib-8k"), help="Dataset folder (its validation split is scored)."),
     seq_len: int = typer.Option(256, help="Window length in tokens."),
@@ -445,16 +469,19 @@ def eval_ppl(
 
     if min(seq_len, windows, samples, batch_size) < 1 or seq_len < 2:
         raise UserError("--seq-len (at least 2), --windows, --samples and --batch-size must be positive")
+    if not (data / "meta.json").is_file():
+        raise UserError(f"{data} is not a dataset folder (no meta.json); build one with `quicksilver data build`")
     system = _eval_system(model, None, "fixed:1", 32, "none", 1, device, threads=threads)
     bar, update = _eval_progress("likelihood")
     with bar:
         result = run_ppl(system, data, seq_len, windows, samples, batch_size, seed, progress=update)
-    _finish(result, system, "teacher-forced scoring (no decoding)", out)
+    _finish(ctx, result, system, "teacher-forced scoring (no decoding)", out)
 
 
 @eval_app.command("curve")
 @user_errors
 def eval_curve(
+    ctx: typer.Context,
     model: str = typer.Option("coder-tiny", "--model", "-m", help="Diffusion model."),
     ar_model: Optional[str] = typer.Option("coder-tiny-ar", help="Its AR twin ('' to leave out)."),
     setting: List[str] = typer.Option([], "--setting", "-s", help="Decoding settings (repeatable; default: "
@@ -493,7 +520,7 @@ def eval_curve(
                               log=lambda m: bar.console.print(m, highlight=False, markup=False), progress=update)
     except RuntimeError as e:
         raise UserError(str(e)) from None
-    curve["command"] = "quicksilver " + " ".join(sys.argv[1:])
+    curve["command"] = _eval_command_line(ctx)
     out.mkdir(parents=True, exist_ok=True)
     (out / "curve.json").write_text(json.dumps(curve, indent=1) + "\n")
     plot_curve(curve, out / "curve.png")

@@ -76,8 +76,8 @@ def policy_from_setting(setting: str, max_new_tokens: int, block_length: int = 3
     policy = DecodePolicy(max_new_tokens=max_new_tokens, block_length=min(block_length, max_new_tokens),
                           temperature=temperature, seed=seed, cache=cache)
     if kind == "fixed":
-        per_step = int(number or 1)
-        if per_step < 1:
+        per_step = 1 if number is None else int(number)
+        if per_step < 1 or (number is not None and number != per_step):
             raise GenerationError("fixed:K needs K >= 1 tokens per step")
         policy.steps = max(1, -(-max_new_tokens // per_step))
     elif kind == "threshold":
