@@ -53,7 +53,7 @@ def load_results(folder: str | Path) -> list[dict]:
             data = json.loads(path.read_text())
         except json.JSONDecodeError:
             continue
-        if isinstance(data, dict) and "eval" in data:
+        if isinstance(data, dict) and data.get("eval") in ("humaneval", "infill", "ppl") and "system" in data:
             data["_file"] = path.name
             out.append(data)
     return out
