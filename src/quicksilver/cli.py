@@ -312,7 +312,7 @@ def _eval_system(model: Optional[str], endpoint: Optional[str], setting: str, bl
 
     if threads:
         torch.set_num_threads(threads)
-    if batch_size <= 0 or block_length <= 0:
+    if (batch_size is not None and batch_size <= 0) or block_length <= 0:
         raise UserError("--batch-size and --block-length must be positive")
     if extra:
         try:
@@ -379,7 +379,8 @@ def eval_humaneval(
     seed: int = typer.Option(0, help="Seed for sampling at temperature > 0."),
     max_new_tokens: int = typer.Option(128, help="Tokens generated per completion."),
     limit: Optional[int] = typer.Option(None, help="Only this many problems, evenly spread (default all 164)."),
-    batch_size: int = typer.Option(8, help="Prompts decoded together."),
+    batch_size: Optional[int] = typer.Option(None, help="Prompts decoded together (default: 1 for a "
+                                              "diffusion model on CPU, 8 otherwise)."),
     timeout: float = typer.Option(5.0, help="Wall-clock seconds per test run."),
     memory_mb: int = typer.Option(1024, help="Address-space limit per test run."),
     workers: int = typer.Option(2, help="Test runs at a time."),
@@ -421,7 +422,8 @@ def eval_infill(
     setting: str = typer.Option("fixed:1", help=_SETTING_HELP),
     block_length: int = typer.Option(32, help="Diffusion block length within the hole."),
     limit: Optional[int] = typer.Option(None, help="Only this many tasks, evenly spread (default all)."),
-    batch_size: int = typer.Option(8, help="Tasks decoded together."),
+    batch_size: Optional[int] = typer.Option(None, help="Tasks decoded together (default: 1 for a "
+                                              "diffusion model on CPU, 8 otherwise)."),
     timeout: float = typer.Option(5.0, help="Wall-clock seconds per test run."),
     memory_mb: int = typer.Option(1024, help="Address-space limit per test run."),
     workers: int = typer.Option(2, help="Test runs at a time."),
@@ -490,7 +492,8 @@ def eval_curve(
     infill_tasks: int = typer.Option(100, help="Single-line infill tasks, evenly spread."),
     max_new_tokens: int = typer.Option(128, help="Tokens generated per HumanEval completion."),
     block_length: int = typer.Option(32, help="Diffusion block length."),
-    batch_size: int = typer.Option(8, help="Prompts decoded together."),
+    batch_size: Optional[int] = typer.Option(None, help="Prompts decoded together (default: 1 for a "
+                                              "diffusion model on CPU, 8 otherwise)."),
     workers: int = typer.Option(2, help="Test runs at a time."),
     threads: Optional[int] = typer.Option(None, help="torch threads."),
     device: str = typer.Option("cpu", help="cpu or cuda."),

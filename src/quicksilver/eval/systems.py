@@ -129,8 +129,13 @@ class LocalSystem:
     setting: str = "fixed:1"
     block_length: int = 32
     cache: str = "none"
-    batch_size: int = 8
-    usage: Usage = field(default_factory=Usage)
+    batch_size: int | None = None  # None: 1 for a diffusion model on CPU (padding costs more than batching
+    usage: Usage = field(default_factory=Usage)  # saves there), 8 otherwise
+
+    def __post_init__(self) -> None:
+        if self.batch_size is None:
+            on_cpu = next(self.model.parameters()).device.type == "cpu"
+            self.batch_size = 1 if (on_cpu and not self.causal) else 8
 
     @property
     def causal(self) -> bool:
@@ -220,7 +225,7 @@ class LocalSystem:
 
 
 def load_system(name: str, setting: str = "fixed:1", block_length: int = 32, cache: str = "none",
-                batch_size: int = 8, device: str = "cpu", dtype: torch.dtype = torch.float32) -> LocalSystem:
+                batch_size: int | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32) -> LocalSystem:
     from ..checkpoint import load_model
 
     model, tokenizer = load_model(name, device=device, dtype=dtype)
@@ -231,7 +236,7 @@ def load_system(name: str, setting: str = "fixed:1", block_length: int = 32, cac
 
 
 def system_from_options(model: str | None, endpoint: str | None, setting: str = "fixed:1", block_length: int = 32,
-                        cache: str = "none", batch_size: int = 8, device: str = "cpu", endpoint_model: str | None = None,
+                        cache: str = "none", batch_size: int | None = None, device: str = "cpu", endpoint_model: str | None = None,
                         extra: str | None = None):
     """A local model by name/folder, or an OpenAI-compatible endpoint when ``endpoint`` is given."""
     if endpoint:
