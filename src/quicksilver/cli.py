@@ -448,7 +448,9 @@ def eval_infill(
                                 workers=workers, progress=update)
     except (RuntimeError, EndpointError) as e:
         raise UserError(str(e)) from None
-    _finish(ctx, result, system, system.describe(budget or DEFAULT_BUDGET[mode]), out)
+    how = {"diffusion": "native infilling (masks between prefix and suffix)",
+           "autoregressive": "PSM fill-in-the-middle"}.get(system.kind, "the suffix field")
+    _finish(ctx, result, system, f"{system.describe(budget or DEFAULT_BUDGET[mode])}; {how}", out)
 
 
 @eval_app.command("ppl")

@@ -242,8 +242,11 @@ def system_from_options(model: str | None, endpoint: str | None, setting: str = 
     if endpoint:
         from .endpoint import EndpointSystem
 
+        import os
+
         body = json.loads(extra) if extra else {}
-        return EndpointSystem(endpoint, model=endpoint_model or model, extra=body)
+        key = os.environ.get("QUICKSILVER_API_KEY") or os.environ.get("OPENAI_API_KEY")
+        return EndpointSystem(endpoint, model=endpoint_model or model, api_key=key, extra=body)
     return load_system(model or "coder-tiny", setting, block_length, cache, batch_size, device)
 
 
