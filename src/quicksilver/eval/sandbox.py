@@ -98,16 +98,21 @@ sys.argv = [program]
 sys.path.insert(0, os.getcwd())
 applied = []
 
-def limit(kind, value):
-    if value is not None:
-        resource.setrlimit(kind, (value, value))
+def limit(name, value, hard=None):
+    kind = getattr(resource, "RLIMIT_" + name, None)
+    if kind is None or value is None:
+        return
+    try:  # a platform may refuse one (macOS and RLIMIT_AS): the others still apply
+        resource.setrlimit(kind, (value, value if hard is None else hard))
+        applied.append(name.lower())
+    except (ValueError, OSError):
+        pass
 
-limit(resource.RLIMIT_CORE, 0)
-limit(resource.RLIMIT_AS, cfg["memory_bytes"])
-limit(resource.RLIMIT_FSIZE, cfg["file_bytes"])
-limit(resource.RLIMIT_NOFILE, cfg["nofile"])
-resource.setrlimit(resource.RLIMIT_CPU, (cfg["cpu_s"], cfg["cpu_s"] + 1))
-applied.append("rlimits")
+limit("CORE", 0)
+limit("AS", cfg["memory_bytes"])
+limit("FSIZE", cfg["file_bytes"])
+limit("NOFILE", cfg["nofile"])
+limit("CPU", cfg["cpu_s"], cfg["cpu_s"] + 1)
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
@@ -136,8 +141,7 @@ if cfg["uid"] is not None:
         raise SystemExit("sandbox: capset failed")
     os.setresuid(cfg["uid"], 0, 0)
     applied.append("own uid")
-limit(resource.RLIMIT_NPROC, cfg["nproc"])
-applied.append("nproc")
+limit("NPROC", cfg["nproc"])
 
 libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
 if cfg["landlock"]:
