@@ -86,3 +86,22 @@ def test_local_systems_end_to_end(tiny_tokenizer):
         assert result["problems"] == 2 and 0.0 <= result["pass@1"] <= 1.0
         tpf = system.usage.tokens_per_forward
         assert tpf is not None and (tpf <= 1.0 + 1e-9 if causal else tpf <= 2.0 + 1e-9)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_stopping_at_stop_sequences_changes_nothing_but_the_forward_passes(tiny_tokenizer, causal):
+    """Decoding ends once every row's committed text holds a stop sequence; the cut text must equal
+    that of a full decode cut afterwards.  Common letters as stops make the early end happen."""
+    model = Transformer(tiny_config(tiny_tokenizer, causal=causal, max_position_embeddings=1024))
+    model.reset_parameters(seed=0)
+    prompts = ["def add(a, b):\n", "import os\n", "class Stack:\n    def push(self, item):\n"]
+    stops = ("e", "t", "\n")
+    early_forwards = full_forwards = 0
+    for batch in (1, 3):
+        system = LocalSystem("tiny", model.eval(), tiny_tokenizer, setting="fixed:2", batch_size=batch)
+        early = system.complete(prompts, 32, stops=stops)
+        full = system._decode_batches([tiny_tokenizer.encode(p) for p in prompts], system.policy(32))
+        assert [c.text for c in early] == [cut_at_stops(c.text, stops) for c in full]
+        early_forwards += sum(c.forwards for c in early)
+        full_forwards += sum(c.forwards for c in full)
+    assert early_forwards < full_forwards

@@ -105,6 +105,53 @@ def describe_policy(policy: DecodePolicy, causal: bool) -> str:
     return text + ("" if policy.temperature == 0 else f", T={policy.temperature:g}")
 
 
+class StopDecoding(Exception):
+    """Raised from ``on_step`` to end a generation whose every row is already final up to a stop
+    sequence (or end of text): ``ids`` holds each row's final ids, ``nfe`` the forward passes so far."""
+
+    def __init__(self, ids: list[list[int]], nfe: int, committed: list[int]) -> None:
+        super().__init__("stop sequence reached")
+        self.ids, self.nfe, self.committed = ids, nfe, committed  # committed: positions decoded per row
+
+
+class StopWatcher:
+    """An ``on_step`` callback that stops decoding once every row has a stop sequence (or end of text)
+    inside its committed prefix.
+
+    Committed tokens never change and blocks are decoded left to right, so the text before the first
+    mask of a row is final: a stop sequence found there (ending a margin before the prefix's end, so
+    that no longer stop sequence could still start earlier) makes the rest of the row irrelevant once
+    it is cut at the stop.  Results are exactly those of a full decode cut at the stop sequences; only
+    the forward passes after the point where the answer was settled are saved (and not counted).
+    """
+
+    def __init__(self, tokenizer, stops: tuple[str, ...], mask_id: int, eos_id: int) -> None:
+        self.tokenizer, self.stops, self.mask_id, self.eos_id = tokenizer, tuple(stops), mask_id, eos_id
+        self.margin = max((len(s) for s in self.stops), default=0)
+        self.checked: dict[int, int] = {}
+
+    def _settled(self, row: int, ids: list[int]) -> bool:
+        prefix = ids[:ids.index(self.mask_id)] if self.mask_id in ids else ids
+        if self.eos_id in prefix:
+            return True
+        if self.checked.get(row) == len(prefix):
+            return False
+        self.checked[row] = len(prefix)
+        text = self.tokenizer.decode(prefix)
+        return any(0 <= text.find(s) <= len(text) - self.margin - len(s) for s in self.stops)
+
+    def __call__(self, event) -> None:
+        canvas = event.canvas.tolist()
+        if all(self._settled(r, ids) for r, ids in enumerate(canvas)):
+            rows, committed = [], []
+            for ids in canvas:
+                prefix = ids[:ids.index(self.mask_id)] if self.mask_id in ids else ids
+                rows.append(prefix[:prefix.index(self.eos_id)] if self.eos_id in prefix else prefix)
+                upto = ids[:ids.index(self.eos_id)] if self.eos_id in ids else ids
+                committed.append(sum(1 for t in upto if t != self.mask_id))
+            raise StopDecoding(rows, event.step, committed)
+
+
 def _fit(ids: list[int], budget: int, keep: str) -> list[int]:
     if len(ids) <= budget:
         return ids
@@ -156,7 +203,8 @@ class LocalSystem:
     def _context(self) -> int:
         return int(self.model.config.max_position_embeddings)
 
-    def _decode_batches(self, prompt_ids: list[list[int]], policy: DecodePolicy, on_batch=None) -> list[Completion]:
+    def _decode_batches(self, prompt_ids: list[list[int]], policy: DecodePolicy, on_batch=None,
+                        stops: tuple[str, ...] = ()) -> list[Completion]:
         import time
 
         order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
@@ -166,9 +214,15 @@ class LocalSystem:
             t0 = time.perf_counter()
             if policy.seed is not None:
                 policy.seed += 1
-            result = generate(self.model, [prompt_ids[i] for i in rows], policy)
-            per_row = (result.row_forwards / len(rows)) if getattr(result, "row_forwards", 0) else result.nfe
-            done = [Completion(self.tokenizer.decode(ids), len(ids), per_row) for ids in result.ids]
+            watcher = StopWatcher(self.tokenizer, stops, self.model.config.mask_token_id,
+                                  self.model.config.eos_token_id) if stops else None
+            try:
+                result = generate(self.model, [prompt_ids[i] for i in rows], policy, on_step=watcher)
+                per_row = (result.row_forwards / len(rows)) if getattr(result, "row_forwards", 0) else result.nfe
+                ids, counts = result.ids, [len(row) for row in result.ids]
+            except StopDecoding as stop:
+                ids, per_row, counts = stop.ids, stop.nfe, stop.committed
+            done = [Completion(self.tokenizer.decode(row), n, per_row) for row, n in zip(ids, counts)]
             for i, c in zip(rows, done):
                 out[i] = c
             self.usage.add(done, time.perf_counter() - t0)
@@ -182,7 +236,7 @@ class LocalSystem:
         policy = self.policy(max_new_tokens, temperature, seed)
         budget = self._context() - max_new_tokens
         ids = [_fit(self.tokenizer.encode(p), budget, "end") for p in prompts]
-        done = self._decode_batches(ids, policy, on_batch)
+        done = self._decode_batches(ids, policy, on_batch, stops)
         for c in done:
             c.text = cut_at_stops(c.text, stops)
         return done
@@ -250,5 +304,5 @@ def system_from_options(model: str | None, endpoint: str | None, setting: str = 
     return load_system(model or "coder-tiny", setting, block_length, cache, batch_size, device)
 
 
-__all__ = ["Completion", "Usage", "LocalSystem", "HUMANEVAL_STOPS", "cut_at_stops", "policy_from_setting",
+__all__ = ["Completion", "Usage", "LocalSystem", "StopWatcher", "StopDecoding", "HUMANEVAL_STOPS", "cut_at_stops", "policy_from_setting",
            "describe_policy", "fit_context", "load_system", "system_from_options"]
