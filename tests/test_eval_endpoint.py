@@ -8,8 +8,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from quicksilver.eval.endpoint import EndpointError, EndpointSystem, completions_url
-from quicksilver.eval.humaneval import load_problems, run_humaneval
-from quicksilver.eval.infill import build_tasks, run_infill
+from quicksilver.eval.humaneval import load_problems, model_prompt, run_humaneval
+from quicksilver.eval.infill import boundary, build_tasks, reference_fill, run_infill
 from quicksilver.eval.sandbox import SandboxLimits
 
 
@@ -17,8 +17,8 @@ class Stub:
     """Answers /v1/completions with the canonical solution (or the reference middle when a suffix is sent)."""
 
     def __init__(self, problems, fail: bool = False):
-        self.solutions = {p["prompt"]: p["canonical_solution"] for p in problems.values()}
-        self.middles = {(t.prefix, t.suffix): t.middle for t in build_tasks(problems, "single-line")}
+        self.solutions = {model_prompt(p["prompt"]): "\n" + p["canonical_solution"] for p in problems.values()}
+        self.middles = {boundary(t): reference_fill(t) for t in build_tasks(problems, "single-line")}
         self.requests: list[dict] = []
         self.fail = fail
         stub = self
@@ -36,7 +36,7 @@ class Stub:
                     self.wfile.write(b'{"error": {"message": "boom"}}')
                     return
                 if "suffix" in body:
-                    text = stub.middles[(body["prompt"], body["suffix"])] + "    junk()\n"
+                    text = stub.middles[(body["prompt"], body["suffix"])] + "\n    junk()\n"
                 else:
                     text = stub.solutions[body["prompt"]] + "\n\ndef more():\n    pass\n"
                 payload = {"id": "cmpl-1", "object": "text_completion", "model": body.get("model", "m"),

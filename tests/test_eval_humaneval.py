@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from quicksilver.eval.humaneval import build_program, load_problems, run_humaneval
+from quicksilver.eval.humaneval import build_program, load_problems, model_prompt, run_humaneval
 from quicksilver.eval.sandbox import SandboxLimits
 from quicksilver.eval.systems import (HUMANEVAL_STOPS, Completion, LocalSystem, cut_at_stops, policy_from_setting)
 from quicksilver.model import Transformer
@@ -30,7 +30,7 @@ class Scripted:
     name, kind = "scripted", "test"
 
     def __init__(self, problems, good: int):
-        self.solutions = {p["prompt"]: p["canonical_solution"] for p in problems.values()}
+        self.solutions = {model_prompt(p["prompt"]): "\n" + p["canonical_solution"] for p in problems.values()}
         self.good, self.seen = good, {}
 
     def complete(self, prompts, max_new_tokens, temperature=0.0, seed=None, stops=(), on_batch=None):
@@ -57,8 +57,10 @@ def test_canonical_solutions_pass_and_pass_at_k_counts_samples():
 
 def test_build_program_calls_check():
     problem = load_problems()["HumanEval/0"]
-    program = build_program(problem, problem["canonical_solution"])
-    assert program.startswith(problem["prompt"]) and program.rstrip().endswith("check(has_close_elements)")
+    assert model_prompt(problem["prompt"]) + "\n" == problem["prompt"]  # the model writes the last newline
+    program = build_program(problem, "\n" + problem["canonical_solution"])
+    assert program.startswith(problem["prompt"] + problem["canonical_solution"])
+    assert program.rstrip().endswith("check(has_close_elements)")
 
 
 @pytest.mark.parametrize("setting, commit", [("fixed:1", "fixed"), ("fixed:4", "fixed"), ("threshold:0.8", "threshold"),

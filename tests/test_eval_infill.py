@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from quicksilver.eval.humaneval import load_problems
-from quicksilver.eval.infill import build_tasks, diffusion_infill, run_infill, select, trim_fill
+from quicksilver.eval.infill import (boundary, build_tasks, diffusion_infill, reference_fill, run_infill, select,
+                                    trim_fill)
 from quicksilver.eval.sandbox import SandboxLimits
 from quicksilver.eval.systems import Completion, LocalSystem, policy_from_setting
 from quicksilver.model import Transformer
@@ -42,11 +43,26 @@ def test_humaneval_single_line_has_the_1033_lines_of_humaneval_infilling():
     assert len(select(tasks, 10)) == 10 and select(tasks, None) == tasks
 
 
+def test_line_holes_are_cut_on_token_boundaries():
+    for mode in ("single-line", "multi-line"):
+        for t in build_tasks({"P/0": PROBLEM}, mode):
+            prefix, suffix = boundary(t)
+            assert not prefix.endswith("\n") and suffix.startswith("\n")
+            fill = reference_fill(t)
+            assert fill.startswith("\n") and not fill.endswith("\n") and fill.strip() == t.middle.strip()
+            assert prefix + fill + suffix == t.prefix + t.middle + t.suffix
+            if mode == "single-line":
+                assert trim_fill(fill + "\n    extra = 1\n", suffix, mode).strip() == fill.strip()
+    span = build_tasks({"P/0": PROBLEM}, "random-span", 3)[0]
+    assert boundary(span) == (span.prefix, span.suffix) and reference_fill(span) == span.middle
+
+
 @pytest.mark.parametrize("fill, suffix, mode, expected", [
-    ("    y = 2\n    z = 3\n", "    return y\n", "single-line", "    y = 2\n"),
-    ("\n\n    y = 2", "    return y\n", "single-line", "    y = 2\n"),
-    ("    a = 1\n    b = 2\n    return y\n    junk\n", "    return y\n", "multi-line", "    a = 1\n    b = 2\n"),
-    ("    a = 1\n", "    return y\n", "multi-line", "    a = 1\n"),
+    ("\n    y = 2\n    z = 3\n", "\n    return y\n", "single-line", "\n    y = 2"),
+    ("\n\n    y = 2", "\n    return y\n", "single-line", "\n    y = 2"),
+    ("    y = 2", "\n    return y\n", "single-line", "\n    y = 2"),
+    ("\n    a = 1\n    b = 2\n    return y\n    junk\n", "\n    return y\n", "multi-line", "\n    a = 1\n    b = 2"),
+    ("    a = 1\n", "\n    return y\n", "multi-line", "\n    a = 1"),
     ("x * 2 + offset)\n", "offset)\n    return y\n", "random-span", "x * 2 + "),  # repeats the suffix
     ("x * 2 + offset)\n    return y\n", "    return y\n", "random-span", "x * 2 + offset)\n"),
     ("(a, bb, ccc)[0]\n", "ccc)[0]\n", "random-span", "(a, bb, "),
@@ -106,7 +122,7 @@ class Oracle:
 def test_harness_passes_reference_fills_and_fails_wrong_ones():
     problems = load_problems(3)
     tasks = build_tasks(problems, "single-line")
-    answers = {(t.prefix, t.suffix): t.middle for t in tasks}
+    answers = {boundary(t): reference_fill(t) for t in tasks}
     limits = SandboxLimits(timeout_s=5.0)
     good = run_infill(Oracle(answers), "single-line", problems=problems, sandbox=limits)
     assert good["tasks"] == len(tasks) and good["pass_rate"] == 1.0 and good["exact_match"] == 1.0

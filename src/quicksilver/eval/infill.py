@@ -8,6 +8,12 @@ Tasks (as Bavarian et al. 2022 built HumanEval-Infilling; our own construction f
 
 A task passes when prompt + prefix + fill + suffix passes the problem's tests in the sandbox.
 
+Where the cuts fall matters to a BPE tokenizer: a newline and the next line's indentation are one
+token, so a prefix that ends with a bare newline shows the model a token sequence it never saw in
+training.  In the line modes the newline before the hole is therefore moved into the hole and the
+newline that ends the hole's last line into the suffix (``boundary``): both cuts then fall where the
+tokenizer splits by itself, and the expected fill is "\n" + the masked lines without their last newline.
+
 The diffusion model infills natively: the canvas is [prefix | mask * budget | suffix] and the masked
 positions are decoded with the same low-confidence commit rules as ``sampling`` (``rules``).  The
 length of the hole is unknown, so the hole has a length budget and the span's end is found in the
@@ -81,16 +87,42 @@ def select(tasks: list[InfillTask], limit: int | None) -> list[InfillTask]:
     return [tasks[int(i * step)] for i in range(limit)]
 
 
+def boundary(task: InfillTask) -> tuple[str, str]:
+    """The (prefix, suffix) a system is shown.  Line modes: the newline before the hole moves into it
+    and the newline after its last line moves into the suffix, so the cuts fall on token boundaries."""
+    if task.mode in ("single-line", "multi-line") and task.prefix.endswith("\n"):
+        return task.prefix.rstrip("\n"), "\n" + task.suffix  # blank lines before the hole go into it too
+    return task.prefix, task.suffix
+
+
+def reference_fill(task: InfillTask) -> str:
+    """What a perfect system writes into the hole between ``boundary(task)``."""
+    prefix, suffix = boundary(task)
+    whole = task.prefix + task.middle + task.suffix
+    return whole[len(prefix):len(whole) - len(suffix)] if whole.endswith(suffix) else task.middle
+
+
 # -- the end of the span ----------------------------------------------------------------------------
 def trim_fill(fill: str, suffix: str, mode: str) -> str:
-    """Where the filled span ends: the first non-blank line for single-line holes, otherwise just
-    before the fill starts repeating the suffix (its first non-blank line, or for a suffix that starts
-    mid-line, that partial line when it is long enough not to match by chance)."""
+    """Where the filled span ends (the fill goes between the ``boundary`` prefix and suffix).
+
+    Single-line holes: the first non-blank line, on a line of its own.  Otherwise: just before the
+    fill starts repeating the suffix (its first non-blank line, or for a suffix that starts mid-line,
+    that partial line when it is long enough not to match by chance); in multi-line holes the fill
+    starts a new line and its trailing newlines go (the suffix brings one).
+    """
     if mode == "single-line":
-        for line in fill.splitlines(keepends=True):
+        for line in fill.splitlines():
             if line.strip():
-                return line if line.endswith("\n") else line + "\n"
-        return fill
+                return "\n" + line
+        return "\n"
+    if mode == "multi-line":
+        cut = _before_suffix(fill, suffix).rstrip("\n")
+        return cut if cut.startswith("\n") else "\n" + cut
+    return _before_suffix(fill, suffix)
+
+
+def _before_suffix(fill: str, suffix: str) -> str:
     head = ""
     if suffix[:1] not in ("", "\n") and not suffix[:1].isspace():
         head = suffix.split("\n", 1)[0]  # the hole ends mid-line
@@ -229,11 +261,11 @@ def run_infill(system, mode: str = "single-line", limit: int | None = None, budg
         if progress is not None:
             progress(stage, n, len(tasks))
 
-    fills = system.infill([(t.prefix, t.suffix) for t in tasks], budget,
-                          on_batch=lambda n: tick("infill", n))
-    middles = [trim_fill(f.text, t.suffix, mode) for f, t in zip(fills, tasks)]
-    programs = [build_program(problems[t.problem_id], t.prefix[len(problems[t.problem_id]["prompt"]):] + m + t.suffix)
-                for t, m in zip(tasks, middles)]
+    shown = [boundary(t) for t in tasks]
+    fills = system.infill(shown, budget, on_batch=lambda n: tick("infill", n))
+    middles = [trim_fill(f.text, suffix, mode) for f, (_, suffix) in zip(fills, shown)]
+    programs = [build_program(problems[t.problem_id], prefix + m + suffix, prompt="")
+                for t, m, (prefix, suffix) in zip(tasks, middles, shown)]
     results = run_many(programs, sandbox, workers=workers,
                        on_done=lambda i, r: progress("test", 1, len(tasks)) if progress else None)
     per_task = [{"task_id": t.task_id, "passed": r.passed, "status": r.status, "reason": r.reason(),
@@ -246,4 +278,5 @@ def run_infill(system, mode: str = "single-line", limit: int | None = None, budg
             "isolation": results[0].isolation if results else []}
 
 
-__all__ = ["MODES", "InfillTask", "build_tasks", "select", "trim_fill", "diffusion_infill", "run_infill"]
+__all__ = ["MODES", "InfillTask", "build_tasks", "select", "boundary", "reference_fill", "trim_fill",
+           "diffusion_infill", "run_infill"]
