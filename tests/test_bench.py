@@ -120,3 +120,10 @@ def test_export_refuses_a_diffusion_model(tiny_tokenizer):
 
     with pytest.raises(ExportError, match="causal"):
         llama_config_dict(Transformer(tiny_config(tiny_tokenizer)))
+
+
+def test_default_settings_are_defined_and_valid():
+    assert set(bench.DEFAULT_SETTINGS) <= set(bench.DIFFUSION_SETTINGS)
+    assert bench.DEFAULT_SETTINGS[0] == "reference" and bench.DIFFUSION_SETTINGS["reference"][0] == {}
+    for name, (fields, _) in bench.DIFFUSION_SETTINGS.items():
+        bench.DecodePolicy(**fields).validate()

@@ -74,15 +74,17 @@ DIFFUSION_SETTINGS: dict[str, tuple[dict, bool]] = {
     "dual-inc+thr0.9": (dict(_INC, commit="threshold", threshold=0.9), False),
     "dual-inc+thr0.7": (dict(_INC, commit="threshold", threshold=0.7), True),
     "dual-inc+thr0.5": (dict(_INC, commit="threshold", threshold=0.5), False),
-    "dual-inc-w32+thr0.7": (dict(_INC, window=32, commit="threshold", threshold=0.7), True),
+    "dual-inc+thr0.3": (dict(_INC, commit="threshold", threshold=0.3), True),
+    "dual-inc+thr0.1": (dict(_INC, commit="threshold", threshold=0.1), False),
+    "dual-inc-w32+thr0.7": (dict(_INC, window=32, commit="threshold", threshold=0.7), False),
     "dual-inc-w32+thr0.5": (dict(_INC, window=32, commit="threshold", threshold=0.5), False),
     "dual-inc-b16+thr0.7": (dict(_INC, block_length=16, commit="threshold", threshold=0.7), False),
 }
 # What a run without --system measures at batch 1 (all of these plus the AR systems) and at larger
 # batches (the settings marked True above, plus the AR systems).  The others are there to be asked for.
-DEFAULT_SETTINGS = ("reference", "prefix", "dual", "none+thr0.9", "prefix+thr0.9", "dual+thr0.9", "dual+thr0.7",
-                    "dual+thr0.5", "dual+margin0.5", "dual+factor2", "dual+entropy1", "dual-inc+thr0.7",
-                    "dual-inc-w32+thr0.7")
+DEFAULT_SETTINGS = ("reference", "prefix", "dual", "none+thr0.9", "prefix+thr0.9", "dual+thr0.9", "dual+thr0.5",
+                    "dual+margin0.5", "dual+factor2", "dual+entropy1", "dual-inc+thr0.7", "dual-inc-w32+thr0.7",
+                    "dual-inc+thr0.3", "dual-inc+thr0.1")
 # The one-token-per-step settings are slow (hundreds of passes); they are timed ``slow_repeats`` times.
 SLOW_SETTINGS = ("reference", "prefix", "dual")
 AR_SYSTEMS = ("ar-twin", "hf-llama")
@@ -106,7 +108,7 @@ class BenchConfig:
     threads: int | None = None
     device: str = "cpu"
     checkpoints: Sequence[str] = ()  # extra diffusion checkpoints: tokens per forward by training step
-    checkpoint_systems: Sequence[str] = ("dual+thr0.9", "dual-inc+thr0.7")
+    checkpoint_systems: Sequence[str] = ("dual+thr0.9", "dual-inc+thr0.3")
     out_dir: str = "benchmarks/results"
     prompts: Sequence[str] | None = None  # explicit prompts instead of HumanEval
 
