@@ -40,7 +40,7 @@ def test_quality_proxies():
 
 
 def test_bench_runs_end_to_end(twins, tmp_path):
-    systems = ("reference", "dual", "prefix+thr0.9", "dual+thr0.5", "dual+factor2", "dual+entropy1", "dual-inc-w32+thr0.7",
+    systems = ("reference", "dual", "prefix+thr0.9", "dual+thr0.5", "dual+factor2", "dual+entropy1", "dual-inc-w32+thr0.7", "dual-inc+fixed4",
                "ar-twin") + (("hf-llama",) if HAS_HF else ())
     cfg = bench.BenchConfig(diffusion_model=str(twins["diffusion"]), ar_model=str(twins["ar"]), prompts=PROMPTS,
                             max_new_tokens=16, block_length=8, batch_sizes=(1, 2), repeats=2, slow_repeats=2, warmup=1,
@@ -58,6 +58,7 @@ def test_bench_runs_end_to_end(twins, tmp_path):
     assert rows[("ar-twin", 1)]["tokens_per_forward"] <= 1.0
     assert rows[("reference", 1)]["nfe_per_call"] == 16  # one token per step, 16 steps (no early end)
     assert all(rows[(s, 1)]["nfe_per_call"] <= 16 for s in systems if s.startswith("dual"))
+    assert rows[("dual-inc+fixed4", 1)]["nfe_per_call"] == 4  # 16 tokens, 4 per step
     # At temperature 0 a batch gives what each prompt gives alone; the exported twin under
     # transformers' generate() gives exactly our AR twin's output.
     for s in systems:
@@ -126,4 +127,5 @@ def test_default_settings_are_defined_and_valid():
     assert set(bench.DEFAULT_SETTINGS) <= set(bench.DIFFUSION_SETTINGS)
     assert bench.DEFAULT_SETTINGS[0] == "reference" and bench.DIFFUSION_SETTINGS["reference"][0] == {}
     for name, (fields, _) in bench.DIFFUSION_SETTINGS.items():
-        bench.DecodePolicy(**fields).validate()
+        bench.make_policy(fields, 256, 32).validate()
+    assert bench.make_policy(bench.DIFFUSION_SETTINGS["dual-inc+fixed4"][0], 256, 32).steps == 64

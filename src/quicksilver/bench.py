@@ -79,15 +79,28 @@ DIFFUSION_SETTINGS: dict[str, tuple[dict, bool]] = {
     "dual-inc-w32+thr0.7": (dict(_INC, window=32, commit="threshold", threshold=0.7), False),
     "dual-inc-w32+thr0.5": (dict(_INC, window=32, commit="threshold", threshold=0.5), False),
     "dual-inc-b16+thr0.7": (dict(_INC, block_length=16, commit="threshold", threshold=0.7), False),
+    # The reference rule with fewer steps (LLaDA's usual speed knob): k tokens committed per step.
+    "dual-inc+fixed2": (dict(_INC, tokens_per_step=2), False),
+    "dual-inc+fixed4": (dict(_INC, tokens_per_step=4), True),
+    "dual-inc+fixed8": (dict(_INC, tokens_per_step=8), False),
 }
 # What a run without --system measures at batch 1 (all of these plus the AR systems) and at larger
 # batches (the settings marked True above, plus the AR systems).  The others are there to be asked for.
 DEFAULT_SETTINGS = ("reference", "prefix", "dual", "none+thr0.9", "prefix+thr0.9", "dual+thr0.9", "dual+thr0.5",
                     "dual+margin0.5", "dual+factor2", "dual+entropy1", "dual-inc+thr0.7", "dual-inc-w32+thr0.7",
-                    "dual-inc+thr0.3", "dual-inc+thr0.1")
+                    "dual-inc+thr0.3", "dual-inc+thr0.1", "dual-inc+fixed2", "dual-inc+fixed4", "dual-inc+fixed8")
 # The one-token-per-step settings are slow (hundreds of passes); they are timed ``slow_repeats`` times.
 SLOW_SETTINGS = ("reference", "prefix", "dual")
 AR_SYSTEMS = ("ar-twin", "hf-llama")
+
+
+def make_policy(fields: dict, max_new_tokens: int, block_length: int) -> DecodePolicy:
+    """The DecodePolicy of a setting; ``tokens_per_step=k`` means the fixed rule with max_new_tokens / k steps."""
+    fields = {"max_new_tokens": max_new_tokens, "block_length": block_length, **fields}
+    k = fields.pop("tokens_per_step", None)
+    if k:
+        fields["steps"] = max(1, -(-max_new_tokens // k))
+    return DecodePolicy(**fields)
 
 
 @dataclass
@@ -321,7 +334,7 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         except ImportError:
             log("transformers is not installed: skipping hf-llama (pip install 'quicksilver-lm[bench]')")
             wanted.discard("hf-llama")
-    settings = {name: DecodePolicy(**{"max_new_tokens": cfg.max_new_tokens, "block_length": cfg.block_length, **kw})
+    settings = {name: make_policy(kw, cfg.max_new_tokens, cfg.block_length)
                 for name, (kw, _) in DIFFUSION_SETTINGS.items()}
     diffusion_names = [n for n in DIFFUSION_SETTINGS if n in wanted]
     ar_names = [n for n in AR_SYSTEMS if n in wanted]
@@ -593,5 +606,6 @@ def plot(result: dict, path: Path) -> Path:
     return path
 
 
-__all__ = ["BenchConfig", "DIFFUSION_SETTINGS", "AR_SYSTEMS", "run_benchmark", "write_outputs",
+__all__ = ["BenchConfig", "DIFFUSION_SETTINGS", "DEFAULT_SETTINGS", "AR_SYSTEMS", "make_policy", "run_benchmark",
+           "write_outputs",
            "markdown_table", "humaneval_prompts", "parses", "truncate_completion"]
