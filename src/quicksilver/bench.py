@@ -64,7 +64,7 @@ DIFFUSION_SETTINGS: dict[str, tuple[dict, bool]] = {
     "dual": (dict(_DUAL), False),
     "none+thr0.9": (dict(commit="threshold", threshold=0.9, **_E), False),
     "prefix+thr0.9": (dict(cache="prefix", commit="threshold", threshold=0.9, **_E), False),
-    "dual+thr0.9": (dict(_DUAL, commit="threshold", threshold=0.9), True),
+    "dual+thr0.9": (dict(_DUAL, commit="threshold", threshold=0.9), False),
     "dual+thr0.7": (dict(_DUAL, commit="threshold", threshold=0.7), False),
     "dual+thr0.5": (dict(_DUAL, commit="threshold", threshold=0.5), False),
     "dual+margin0.5": (dict(_DUAL, commit="threshold", score="margin", threshold=0.5), False),
@@ -86,11 +86,12 @@ DIFFUSION_SETTINGS: dict[str, tuple[dict, bool]] = {
 }
 # What a run without --system measures at batch 1 (all of these plus the AR systems) and at larger
 # batches (the settings marked True above, plus the AR systems).  The others are there to be asked for.
-DEFAULT_SETTINGS = ("reference", "prefix", "dual", "none+thr0.9", "prefix+thr0.9", "dual+thr0.9", "dual+thr0.5",
-                    "dual+margin0.5", "dual+factor2", "dual+entropy1", "dual-inc+thr0.7", "dual-inc-w32+thr0.7",
-                    "dual-inc+thr0.3", "dual-inc+thr0.1", "dual-inc+fixed2", "dual-inc+fixed4", "dual-inc+fixed8")
-# The one-token-per-step settings are slow (hundreds of passes); they are timed ``slow_repeats`` times.
-SLOW_SETTINGS = ("reference", "prefix", "dual")
+DEFAULT_SETTINGS = ("reference", "prefix", "dual", "none+thr0.9", "prefix+thr0.9", "dual+thr0.9", "dual+margin0.5",
+                    "dual+factor2", "dual+entropy1", "dual-inc+thr0.7", "dual-inc+thr0.3", "dual-inc+thr0.1",
+                    "dual-inc+fixed2", "dual-inc+fixed4", "dual-inc+fixed8")
+# Settings that run (about) one forward pass of the whole canvas or of block + suffix per token are
+# slow; they are timed ``slow_repeats`` times, run last, and their warm-up is the runs before them.
+SLOW_SETTINGS = ("reference", "prefix", "dual", "none+thr0.9", "prefix+thr0.9")
 AR_SYSTEMS = ("ar-twin", "hf-llama")
 
 
@@ -366,23 +367,28 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         for n in ar_names:
             runner = (ar_runner if n == "ar-twin" else hf_runner)(models["ar"], cfg.max_new_tokens)
             plan.append((n, cfg.ar_model, "ar", "KV cache, greedy", runner))
-        for n in diffusion_names:
+        for n in sorted(diffusion_names, key=lambda n: n in SLOW_SETTINGS):
             if batch > 1 and not cfg.systems and not DIFFUSION_SETTINGS[n][1]:
                 continue  # by default, batches > 1 run only the settings marked for it (the fastest)
             plan.append((n, cfg.diffusion_model, "diffusion", settings[n].describe(),
                          diffusion_runner(models["diffusion"], settings[n])))
         for name, model_name, key, setting, runner in plan:
             log(f"batch {batch}: {name} ({setting}) ...")
-            repeats = cfg.slow_repeats if name in SLOW_SETTINGS else cfg.repeats
-            seconds, calls = measure(runner, prompt_ids, batch, repeats, cfg.warmup)
-            ref_key = "reference" if key == "diffusion" else "ar-twin"
-            row = _summarise(name, model_name, batch, dtypes[key], setting, seconds, calls, prompts, tokenizer,
-                             references.get(ref_key))
-            if batch == cfg.batch_sizes[0] and name == ref_key:
-                references[ref_key] = {"ids": row.ids, "texts": row.completions}
-                row.identical_share = row.same_body_share = 1.0 if batch == 1 else None
+            slow = name in SLOW_SETTINGS
+            seconds, calls = measure(runner, prompt_ids, batch, cfg.slow_repeats if slow else cfg.repeats,
+                                     0 if slow and rows else cfg.warmup)
+            row = _summarise(name, model_name, batch, dtypes[key], setting, seconds, calls, prompts, tokenizer, None)
+            if batch == cfg.batch_sizes[0] and name in ("reference", "ar-twin"):
+                references["ar" if name == "ar-twin" else "diffusion"] = row
             rows.append(row)
             log("  " + format_row(row, rows))
+    # Identity with the reference of each model (the first batch size's reference or AR twin run).
+    for row in rows:
+        ref = references.get("ar" if row.system in AR_SYSTEMS else "diffusion")
+        if ref is not None:
+            row.identical_share = sum(a == b for a, b in zip(row.ids, ref.ids)) / len(row.ids)
+            row.same_body_share = sum(truncate_completion(a) == truncate_completion(b)
+                                      for a, b in zip(row.completions, ref.completions)) / len(row.ids)
 
     result = {
         "command": os.environ.get("QUICKSILVER_BENCH_COMMAND", ""),
@@ -415,7 +421,7 @@ def profile_systems(models, settings, prompt_ids, cfg: BenchConfig, log) -> dict
             targets.append((name, models["diffusion"], diffusion_runner(models["diffusion"], settings[name])))
     if "ar" in models:
         targets.append(("ar-twin", models["ar"], ar_runner(models["ar"], cfg.max_new_tokens)))
-    sample = prompt_ids[: min(4, len(prompt_ids))]
+    sample = prompt_ids[: min(2, len(prompt_ids))]
     for name, model, run in targets:
         run(sample[:1])
         spent = {"body": 0.0, "head": 0.0}
