@@ -50,6 +50,7 @@ def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: 
     """Write a safetensors file so that a crash leaves either the old file or the new one."""
     tmp = path.with_name(path.name + ".tmp")
     save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    os.chmod(tmp, 0o644)  # safetensors creates files owner-only; bundled weights must be readable by all
     os.replace(tmp, path)
 
 
