@@ -279,7 +279,7 @@ def train(run: RunConfig, resume: bool = False, progress: bool = True, log=print
         torch.backends.cudnn.allow_tf32 = True
     if cfg.compile:
         compile_blocks(model, log)
-    state = {"step": 0, "tokens": 0, "elapsed_s": 0.0, "best_val": None, "best_step": None,
+    state = {"step": 0, "tokens": 0, "elapsed_s": 0.0, "cpu_s": 0.0, "best_val": None, "best_step": None,
              "history": [], "config": {"model": mcfg.to_dict(), "train": dataclasses.asdict(cfg)}}
     if resume:
         loaded = load_checkpoint(out_dir, model, opt)
@@ -301,12 +301,14 @@ def train(run: RunConfig, resume: bool = False, progress: bool = True, log=print
     autocast = cfg.dtype == "bf16"
     session_start = time.time()
     elapsed_before = state["elapsed_s"]
+    cpu_start, cpu_before = time.process_time(), state.get("cpu_s", 0.0)
     window_tokens, window_start = 0, time.time()
     last_eval = time.time()
     compiled_pending = cfg.compile
 
     def checkpoint():
         state["elapsed_s"] = elapsed_before + time.time() - session_start
+        state["cpu_s"] = cpu_before + time.process_time() - cpu_start
         save_checkpoint(out_dir, model, opt, state, tokenizer, keep_every=cfg.keep_every)
 
     def evaluate():
@@ -390,4 +392,5 @@ def train(run: RunConfig, resume: bool = False, progress: bool = True, log=print
         finally:
             log_file.close()
     state["elapsed_s"] = elapsed_before + time.time() - session_start
+    state["cpu_s"] = cpu_before + time.process_time() - cpu_start
     return state
