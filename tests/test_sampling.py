@@ -116,3 +116,12 @@ def test_bad_requests_raise_generation_errors():
         generate(m, [[5] * 250], DecodePolicy(max_new_tokens=64))
     with pytest.raises(GenerationError, match="max_new_tokens"):
         generate(m, [[5]], DecodePolicy(max_new_tokens=0))
+
+
+def test_python_api_passes_decoding_options_through():
+    from quicksilver import load
+    lm = load("coder-tiny")
+    fast = lm.generate("def f(x):", max_new_tokens=16, commit="threshold", threshold=0.5, cache="prefix")
+    assert fast.nfe <= 16 and isinstance(fast.text, str)
+    with pytest.raises(GenerationError, match="unknown decoding option: bogus"):
+        lm.generate("def f(x):", bogus=1)

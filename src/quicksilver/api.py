@@ -1,6 +1,7 @@
 """The Python API: ``lm = quicksilver.load("coder-tiny"); lm.generate("def fib(n):")``."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,12 +33,20 @@ class LM:
     def generate(self, prompt: str | list[str], max_new_tokens: int = 128, steps: int | None = None,
                  block_length: int = 32, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                  seed: int | None = None, stop_at_eos: bool = True,
-                 on_step: Callable[[StepEvent], None] | None = None) -> GenerationResult:
-        """Complete one prompt (or a list of prompts, decoded as one batch)."""
+                 on_step: Callable[[StepEvent], None] | None = None, **decoding) -> GenerationResult:
+        """Complete one prompt (or a list of prompts, decoded as one batch).
+
+        ``decoding`` takes any other ``DecodePolicy`` field, e.g. ``commit="threshold"``,
+        ``threshold=0.9``, ``cache="dual"``.
+        """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        known = {f.name for f in dataclasses.fields(DecodePolicy)}
+        unknown = sorted(set(decoding) - known)
+        if unknown:
+            raise GenerationError(f"unknown decoding option{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}")
         policy = DecodePolicy(max_new_tokens=max_new_tokens, block_length=block_length, steps=steps,
                               temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                              stop_at_eos=stop_at_eos)
+                              stop_at_eos=stop_at_eos, **decoding)
         ids = [self.encode_prompt(p) for p in prompts]
         result = generate(self.model, ids, policy, on_step=on_step)
         result.texts = [self.tokenizer.decode(row) for row in result.ids]
