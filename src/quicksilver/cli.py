@@ -342,7 +342,7 @@ def _eval_command_line(ctx: typer.Context) -> str:
         default = param.default
         if isinstance(value, (list, tuple)):
             value, default = list(value), list(default or [])
-        if value == default or value is None or value == []:
+        if value is None or value == [] or (value == default and param.name != "model"):
             continue
         flag = max(param.opts, key=len)
         for item in value if isinstance(value, list) else [value]:
