@@ -5,7 +5,7 @@
 import json
 import sys
 
-from quicksilver.bench import markdown_table, target_lines
+from quicksilver.eval.bench import markdown_table, target_lines
 
 
 def pct(x):

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from quicksilver import bench
+from quicksilver.eval import bench
 from quicksilver.checkpoint import save_pretrained
 from quicksilver.model import Transformer
 from tests.conftest import tiny_config

