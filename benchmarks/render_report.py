@@ -3,7 +3,7 @@
     python benchmarks/render_report.py benchmarks/results/bench.json > /tmp/sections.md
 """
 import json
-import sys
+from pathlib import Path
 
 from quicksilver.eval.bench import markdown_table, target_lines
 
@@ -60,4 +60,11 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/bench.json")
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Render the measured sections of docs/benchmarks.md from bench.json.")
+    parser.add_argument("bench_json", nargs="?", default="benchmarks/results/bench.json")
+    args = parser.parse_args()
+    if not Path(args.bench_json).is_file():
+        parser.error(f"no file at {args.bench_json}; run `quicksilver bench --out benchmarks/results` first")
+    main(args.bench_json)
