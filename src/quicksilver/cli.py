@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -119,6 +120,8 @@ def train(
 
     run = load_run_config(config, _parse_overrides(set_))
     state = run_training(run, resume=resume, progress=progress, log=console.print)
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun only rank 0 reports
     console.print(f"done: step {state['step']}, {state['tokens']:,} tokens, best validation loss "
                   f"{state['best_val']:.4f} nats/token at step {state['best_step']}; "
                   f"best checkpoint in {Path(run.train.out_dir) / 'best'}")
