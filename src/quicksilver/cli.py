@@ -215,6 +215,36 @@ def data_build(
                   f"from {sum(meta['documents'].values()):,} files (vocabulary {meta['vocab_size']:,})")
 
 
+@data_app.command("sft-from-code")
+@user_errors
+def data_sft_from_code(
+    out: Path = typer.Option(Path("data/sft-stdlib.jsonl"), help="Output JSONL file."),
+    stdlib: bool = typer.Option(True, "--stdlib/--no-stdlib", help="Include this Python's standard library."),
+    folder: List[Path] = typer.Option([], help="Also read every .py file under this folder."),
+    val_percent: float = typer.Option(2.0, help="Share of files held out (same rule as `data build`)."),
+):
+    """An instruction set from Python source: signature + docstring → the function body (JSONL)."""
+    import itertools
+
+    from .data import folder_source, stdlib_source
+    from .data.sft_code import build_sft_jsonl
+
+    if not stdlib and not folder:
+        raise UserError("nothing to read: give --folder or keep --stdlib")
+    for f in folder:
+        if not f.is_dir():
+            raise UserError(f"{f} is not a folder")
+    sources = ([stdlib_source()] if stdlib else []) + [folder_source(f, (".py",)) for f in folder]
+    counts = build_sft_jsonl(itertools.chain(*sources), out, val_percent=val_percent)
+    if not counts.get("examples"):
+        raise UserError("no documented function with a usable body was found")
+    skipped = ", ".join(f"{counts.get(k, 0):,} {k.replace('_', ' ')}"
+                        for k in ("no_docstring", "trivial_body", "too_long", "duplicates"))
+    console.print(f"{out}: {counts['examples']:,} examples ({counts.get('train_examples', 0):,} train, "
+                  f"{counts.get('val_examples', 0):,} validation) from {counts['files']:,} files; "
+                  f"skipped functions: {skipped}", soft_wrap=True)
+
+
 def main() -> None:
     app()
 

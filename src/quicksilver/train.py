@@ -184,14 +184,15 @@ def step_loss(model, tokens: torch.Tensor, cfg: TrainConfig, mcfg: ModelConfig, 
     rows; DDP/FSDP average gradients over ranks, which with equal slices is the global mean.
     """
     gen = torch.Generator().manual_seed(cfg.seed * 7_919 + step * 2 + 1)
+    if cfg.objective == "sft":  # tokens is (ids, prompt lengths)
+        b = tokens[0].shape[0]
+        return sft_step_loss(model, tokens, gen, mcfg, b * rank, b * world_size)
     b, n = tokens.shape
     total, first = b * world_size, b * rank
     if cfg.objective == "diffusion":
         times = sample_times(total, gen)[first:first + b]
         draws = torch.rand((total, n), generator=gen)[first:first + b]
         return diffusion_loss(model, tokens, mcfg.mask_token_id, None, times=times, draws=draws)
-    if cfg.objective == "sft":
-        return sft_step_loss(model, tokens, gen, mcfg, first, total)
     if cfg.fim_rate > 0:
         tokens = fim_transform(tokens, mcfg.fim_prefix_id, mcfg.fim_suffix_id, mcfg.fim_middle_id, gen,
                                cfg.fim_rate, row_offset=first, total_rows=total)
@@ -379,6 +380,11 @@ def _train(run: RunConfig, info: DistInfo, device: torch.device, resume: bool, p
     state = {"step": 0, "tokens": 0, "elapsed_s": 0.0, "cpu_s": 0.0, "best_val": None, "best_step": None,
              "history": [], "config": {"model": mcfg.to_dict(), "train": dataclasses.asdict(cfg)}}
     found = read_checkpoint(out_dir) if resume else None
+    if resume and info.enabled:
+        seen = all_reduce_sum([float(found is not None)], info, device)[0]
+        if 0 < seen < info.world_size:
+            raise ConfigError(f"only {seen:.0f} of {info.world_size} processes see a checkpoint in {out_dir}; "
+                              f"train.out_dir must be on a filesystem every node shares to resume")
     if resume and found is None:
         log(f"no checkpoint in {out_dir}; starting from scratch")
     if found is not None:
