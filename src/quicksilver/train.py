@@ -302,17 +302,6 @@ def read_checkpoint(out_dir: Path) -> tuple[dict, dict, dict] | None:
     return weights, opt_state, json.loads((folder / "trainer_state.json").read_text())
 
 
-def load_checkpoint(out_dir: Path, model, opt) -> dict | None:
-    """Restore a one-process model and optimizer from the latest checkpoint; returns its state."""
-    found = read_checkpoint(out_dir)
-    if found is None:
-        return None
-    weights, opt_state, state = found
-    model.load_state_dict(weights)
-    load_optimizer_state(model, model, opt, opt_state, DistInfo())
-    return state
-
-
 # -- the loop ---------------------------------------------------------------------------------
 def build_model(cfg: TrainConfig, mcfg: ModelConfig, tokenizer: Tokenizer, device: torch.device,
                 log=print) -> Transformer:
