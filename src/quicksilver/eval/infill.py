@@ -159,6 +159,9 @@ def _choose(policy: DecodePolicy, logits: torch.Tensor, proposal: torch.Tensor, 
         full[candidates] = values
         return full
 
+    if policy.score_tempered and policy.temperature > 0:
+        logits = logits / policy.temperature
+
     if policy.commit == "entropy":
         return rules.commit_entropy_bound(spread(rules.entropy(logits), float("inf")), candidates, policy.entropy_bound)
     kind = "probability" if policy.commit == "factor" and policy.score == "entropy" else policy.score

@@ -149,6 +149,9 @@ def _commit(policy: DecodePolicy, logits: torch.Tensor, proposal: torch.Tensor, 
         full[masked] = values
         return full
 
+    if policy.score_tempered and policy.temperature > 0:
+        logits = logits / policy.temperature
+
     if policy.commit == "entropy":
         ent = spread(rules.entropy(logits), float("inf"))
         return rules.commit_entropy_bound(ent, masked, policy.entropy_bound)

@@ -35,6 +35,9 @@ class DecodePolicy:
     # The rules other than "fixed" always commit at least one position and ignore ``steps``.
     commit: str = "fixed"
     score: str = "probability"  # ranks positions: "probability" | "margin" (top-1 - top-2) | "entropy" (negative)
+    # Score on the tempered distribution, softmax(logits / temperature) (Dream), instead of the
+    # untempered one (LLaDA).  No effect at temperature 0.
+    score_tempered: bool = False
     threshold: float = 0.9
     factor: float = 1.0
     entropy_bound: float = 0.5  # nats, summed over the positions committed in one step
