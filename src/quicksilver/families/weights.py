@@ -108,6 +108,7 @@ def _progress(total: int, description: str, show: bool) -> Iterator[Callable[[],
     from rich.console import Console
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("tensors"),
                TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+    # On a terminal the bar disappears when done; elsewhere (asked for explicitly) its last state stays.
+    with Progress(*columns, console=Console(stderr=True), transient=sys.stderr.isatty()) as bar:
         task = bar.add_task(description, total=total)
         yield lambda: bar.advance(task)
