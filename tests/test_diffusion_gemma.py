@@ -79,3 +79,21 @@ def test_chat_template_and_refused_options(backend):
             backend.generate_ids([[2, 5]], policy)
     with pytest.raises(GenerationError, match="cannot fill"):
         backend.infill_ids([2, 5], [6], base)
+
+
+def test_generate_command_streams_a_diffusion_gemma_folder(folder):
+    from typer.testing import CliRunner
+
+    from quicksilver.cli import app
+    out = CliRunner().invoke(app, ["generate", "def f(x):", "--model", str(folder), "--max-new-tokens", "16",
+                                   "--steps", "3", "--seed", "0", "--no-live"])
+    assert out.exit_code == 0, out.output
+    assert "(diffusion): " in out.output and "3 forward passes" in out.output
+    bad = CliRunner().invoke(app, ["generate", "x", "--model", str(folder), "--top-p", "0.5"])
+    assert bad.exit_code == 2 and "no top_k/top_p" in bad.output
+
+
+def test_the_python_api_loads_it_as_its_backend(folder):
+    from quicksilver import load
+    backend = load(folder, device="cpu")
+    assert isinstance(backend, DiffusionGemmaBackend) and backend.name == str(folder)

@@ -371,3 +371,25 @@ def test_hub_id_offline_says_where_to_put_the_folder(tmp_path):
     assert "Traceback" not in out.stderr
     assert "huggingface-cli download GSAI-ML/LLaDA-8B-Instruct --local-dir PATH" in message
     assert "--model PATH" in message and "offline" in message
+
+
+# -- the command line -----------------------------------------------------------------------------
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from quicksilver.cli import app
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.mark.parametrize("folder,preset", [(LLADA, "llada"), (DREAM, "dream-entropy"), (DREAM, "dream-margin")])
+def test_generate_runs_a_family_folder_with_its_chat_template_and_a_preset(folder, preset):
+    # Dream's default system prompt is 59 characters (tokens here) of the reference config's 64 positions.
+    out = _cli("generate", "Hi", "--model", str(folder), "--chat", "--preset", preset, "--max-new-tokens", "4",
+               "--block-length", "4", "--seed", "0", "--no-live")
+    assert out.exit_code == 0, out.output
+    assert f"{folder} (diffusion): " in out.output and "forward passes" in out.output
+
+
+def test_generate_reports_a_bad_preset_in_one_sentence():
+    out = _cli("generate", "Hi", "--model", str(LLADA), "--preset", "nope")
+    assert out.exit_code == 2 and "unknown preset 'nope'" in out.output

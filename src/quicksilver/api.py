@@ -54,11 +54,18 @@ class LM:
 
 
 def load(name_or_path: str | os.PathLike = "coder-tiny", device: str | None = None,
-         dtype: torch.dtype | None = torch.float32, progress: bool | None = None) -> LM:
-    """Load a bundled model by name, a checkpoint folder (Quicksilver, LLaDA or Dream; the family
-    comes from its config.json) or a Hugging Face Hub id."""
+         dtype: torch.dtype | None = torch.float32, progress: bool | None = None):
+    """Load a bundled model by name, a checkpoint folder or a Hugging Face Hub id; the family comes
+    from its config.json.  Quicksilver, LLaDA and Dream give an ``LM`` (Quicksilver's own model
+    code); DiffusionGemma, which runs in transformers, gives its ``DiffusionGemmaBackend``."""
+    from .checkpoint import resolve_model_path
+    from .families import family_of, read_config
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer = load_model(name_or_path, device=device, dtype=dtype, progress=progress)
+    folder = resolve_model_path(name_or_path)
+    if family_of(read_config(folder)) == "diffusion_gemma":
+        from .families.diffusion_gemma import DiffusionGemmaBackend
+        return DiffusionGemmaBackend.from_folder(folder, name=str(name_or_path), device=device, dtype=dtype)
+    model, tokenizer = load_model(folder, device=device, dtype=dtype, progress=progress)
     return LM(model, tokenizer, str(name_or_path))
 
 

@@ -26,6 +26,7 @@ class UserError(Exception):
 
 def user_errors(fn):
     """Report the errors a user can cause as 'error: <sentence>' with exit code 2, never a traceback."""
+    from .chat import ChatTemplateError
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data.shards import DatasetError
@@ -33,7 +34,7 @@ def user_errors(fn):
     from .tokenizer import TokenizerError
 
     expected = (UserError, CheckpointError, ConfigError, DatasetError, GenerationError, TokenizerError,
-                FileNotFoundError)
+                ChatTemplateError, FileNotFoundError)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -67,39 +68,54 @@ def _parse_overrides(items: list[str]) -> dict:
 @user_errors
 def generate(
     prompt: str = typer.Argument(..., help="Text to complete, e.g. 'def fib(n):'."),
-    model: str = typer.Option("coder-tiny", "--model", "-m", help="Bundled model name or checkpoint folder."),
-    max_new_tokens: int = typer.Option(128, help="Most tokens to generate."),
+    model: str = typer.Option("coder-tiny", "--model", "-m",
+                              help="Bundled model name, checkpoint folder (Quicksilver, LLaDA, Dream, DiffusionGemma) "
+                                   "or Hugging Face Hub id."),
+    max_new_tokens: Optional[int] = typer.Option(None, help="Most tokens to generate (default 128, or the preset's)."),
     steps: Optional[int] = typer.Option(None, help="Diffusion forward passes in all (default: one per token)."),
-    block_length: int = typer.Option(32, help="Diffusion block length: positions decoded together."),
-    temperature: float = typer.Option(0.0, help="0 is greedy."),
-    top_p: float = typer.Option(1.0, help="Nucleus sampling threshold."),
+    block_length: Optional[int] = typer.Option(None, help="Diffusion block length: positions decoded together "
+                                                          "(default 32, or the preset's)."),
+    temperature: Optional[float] = typer.Option(None, help="0 is greedy (default 0, or the preset's)."),
+    top_p: Optional[float] = typer.Option(None, help="Nucleus sampling threshold."),
     seed: Optional[int] = typer.Option(None, help="Random seed for sampling at temperature > 0."),
+    preset: Optional[str] = typer.Option(None, help="A family's reference sampler: llada, llada-pure, dream-entropy, "
+                                                    "dream-margin, dream-maskgit-plus (default: the model's own)."),
+    cache: Optional[str] = typer.Option(None, help="Diffusion KV cache: none, prefix or dual."),
+    chat: bool = typer.Option(False, "--chat", help="Send PROMPT as a user message through the model's chat template."),
     live: bool = typer.Option(True, "--live/--no-live", help="Show the canvas being refined."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
 ):
     """Complete PROMPT, showing the diffusion canvas fill in step by step."""
-    from .api import load
-    from .live import CanvasView
-    from .sampling import DecodePolicy
+    import dataclasses
 
-    if max_new_tokens <= 0:
+    from .api import load_backend
+    from .live import CanvasView
+    from .sampling import preset_policy
+
+    if max_new_tokens is not None and max_new_tokens <= 0:
         raise UserError("--max-new-tokens must be a positive integer")
     if not prompt.strip():
         raise UserError("the prompt is empty")
-    # Check the decoding options before anything is drawn, so a bad option prints only its error.
-    DecodePolicy(max_new_tokens=max_new_tokens, block_length=block_length, steps=steps, temperature=temperature,
-                 top_p=top_p, seed=seed).validate()
-    lm = load(model, device=device)
+    options = dict(max_new_tokens=max_new_tokens, steps=steps, block_length=block_length, temperature=temperature,
+                   top_p=top_p, seed=seed, cache=cache)
+    if preset is not None:  # checked before loading, so a bad option prints only its error
+        preset_policy(preset, **options).validate()
+    lm = load_backend(model, device=device)
+    if preset is not None:
+        policy = preset_policy(preset, **options)
+    else:
+        policy = dataclasses.replace(lm.default_policy, **{k: v for k, v in options.items() if v is not None})
+    policy.validate()
+    text = lm.render_chat([{"role": "user", "content": prompt}]) if chat else prompt
+    ids = [lm.encode(text)]
     view = CanvasView(lm.tokenizer, prompt, console) if live else None
     if view:
         with view:
-            result = lm.generate(prompt, max_new_tokens=max_new_tokens, steps=steps, block_length=block_length,
-                                 temperature=temperature, top_p=top_p, seed=seed, on_step=view.update)
+            result = lm.generate_ids(ids, policy, on_step=view.update)
             view.finish(result)
     else:
-        result = lm.generate(prompt, max_new_tokens=max_new_tokens, steps=steps, block_length=block_length,
-                             temperature=temperature, top_p=top_p, seed=seed)
-        console.print(prompt + result.text, highlight=False, markup=False, soft_wrap=True)
+        result = lm.generate_ids(ids, policy)
+        console.print(prompt + ("\n" if chat else "") + result.text, highlight=False, markup=False, soft_wrap=True)
     kind = "diffusion" if lm.is_diffusion else "autoregressive"
     console.print(f"[dim]{lm.name} ({kind}): {result.stats_line()}[/]", highlight=False, soft_wrap=True)
 
