@@ -263,6 +263,7 @@ def test_presets_are_reference_orderings_that_take_overrides():
     assert (llada.max_new_tokens, llada.steps, llada.block_length, llada.score) == (128, 128, 32, "probability")
     dream = preset_policy("dream-entropy", max_new_tokens=24, cache="dual")
     assert dream.block_length == 24 and dream.score == "entropy" and dream.score_tempered and dream.cache == "dual"
+    assert dream.schedule == "dream" and llada.schedule == "linear"
     assert preset_policy("dream-margin").score == "margin"
     assert preset_policy("dream-maskgit-plus").score == "probability"
     with pytest.raises(GenerationError, match="unknown preset"):
@@ -279,6 +280,29 @@ def test_dream_presets_decode_reproducibly_with_a_seed(dream):
         policy = preset_policy(name, max_new_tokens=12, seed=3, stop_at_eos=False)
         a, b = backend.generate_ids(ids, policy), backend.generate_ids(ids, policy)
         assert a.ids == b.ids and len(a.ids[0]) == 12 and a.nfe == 12
+
+
+def test_dream_schedule_follows_its_time_grid():
+    from quicksilver.sampling import rules
+    # 4 masked, 2 steps: grid 1, 0.5005, 0.001 -> floor(4 * (1 - 0.5005)) = 1, then the other 3.
+    assert rules.dream_transfer_counts(torch.tensor([4]), 0, 2).tolist() == [1]
+    assert rules.dream_transfer_counts(torch.tensor([3]), 1, 2).tolist() == [3]
+    # One step per token: floor(N * 0.999 / N) = 0 at first, then about one per step.
+    assert rules.dream_transfer_counts(torch.tensor([8]), 0, 8).tolist() == [0]
+    assert rules.dream_transfer_counts(torch.tensor([8]), 1, 8).tolist() == [1]
+
+
+def test_dream_schedule_in_the_sampler_uses_exactly_the_steps_asked(dream):
+    from quicksilver.sampling import rules
+    model, _ = dream
+    counts = []
+    policy = DecodePolicy(max_new_tokens=8, block_length=8, steps=4, schedule="dream", stop_at_eos=False)
+    result = generate(model, [PROMPTS[0]], policy, on_step=lambda e: counts.append(int(e.committed.sum())))
+    masked, expected = 8, []
+    for step in range(4):
+        expected.append(int(rules.dream_transfer_counts(torch.tensor([masked]), step, 4)))
+        masked -= expected[-1]
+    assert result.nfe == 4 and counts == expected and sum(counts) == 8 and len(result.ids[0]) == 8
 
 
 def test_tempered_scores_change_the_order_only_when_sampling():

@@ -235,7 +235,9 @@ def diffusion_infill(model, prefixes: list[list[int]], suffixes: list[list[int]]
                 logits = rules.top_p_filter(logits, policy.top_p)
             proposal = rules.sample_tokens(logits, policy.temperature, generator)
             count = None
-            if policy.commit == "fixed":
+            if policy.commit == "fixed" and policy.schedule == "dream":
+                count = rules.dream_transfer_counts(cand.sum(1), step, n_steps)
+            elif policy.commit == "fixed":
                 count = torch.full((rows.numel(),), schedule[min(step, len(schedule) - 1)], dtype=torch.long)
             chosen = _choose(policy, logits, proposal, cand, count)
             proposed = canvas[rows].clone()

@@ -141,7 +141,7 @@ class ContextCache(KVCache):
 
 
 def _commit(policy: DecodePolicy, logits: torch.Tensor, proposal: torch.Tensor, masked: torch.Tensor,
-            count: int | None) -> torch.Tensor:
+            count: int | torch.Tensor | None) -> torch.Tensor:
     """Which masked positions of the block to commit.  ``logits``/``proposal`` hold only the masked
     positions (M, V) / (M,), in ``masked`` (R, S) order; returns an (R, S) bool mask."""
     def spread(values: torch.Tensor, fill: float) -> torch.Tensor:
@@ -160,6 +160,8 @@ def _commit(policy: DecodePolicy, logits: torch.Tensor, proposal: torch.Tensor, 
         kind = "probability"  # the factor rule needs scores in [0, 1]
     scores = spread(rules.score_positions(logits, proposal, kind), float("-inf"))
     if policy.commit == "fixed":
+        if isinstance(count, torch.Tensor):  # per row (the Dream schedule)
+            return rules.commit_top(scores, masked, count.to(masked.device))
         counts = torch.full((masked.shape[0],), count, dtype=torch.long, device=masked.device)
         return rules.commit_top(scores, masked, counts)
     if policy.commit == "threshold":
@@ -248,7 +250,10 @@ def generate_diffusion(model, prompts: list[list[int]], policy: DecodePolicy,
             if policy.top_p < 1:
                 logits = rules.top_p_filter(logits, policy.top_p)
             proposal = rules.sample_tokens(logits, policy.temperature, generator)
-            chosen = _commit(policy, logits, proposal, masked, counts[step] if counts else None)
+            count = counts[step] if counts else None
+            if policy.commit == "fixed" and policy.schedule == "dream":
+                count = rules.dream_transfer_counts(masked.sum(1), step, n_steps)
+            chosen = _commit(policy, logits, proposal, masked, count)
             proposed = block_tokens.clone()
             proposed[masked] = proposal
             canvas[rows, lo:hi] = torch.where(chosen, proposed, block_tokens)

@@ -12,8 +12,10 @@ fast-decoding option of Quicksilver applies on top.
   ``alg`` = entropy / topk_margin / maskgit_plus: one block, one step per token, positions ranked by
   negative entropy / top-1 minus top-2 probability / probability of the sampled token, all computed on
   the tempered and nucleus-filtered distribution (``score_tempered``), at Dream's demo sampling
-  (temperature 0.2, top-p 0.95).  Not reproduced exactly: Dream's step schedule, which commits
-  floor(masked * (1 - s/t)) positions per step on a time grid; ours shares the positions out equally.
+  (temperature 0.2, top-p 0.95), with Dream's step schedule (floor(masked * (1 - s/t)) positions per
+  step on its time grid, ``schedule="dream"``).  Differences from Dream's code: the count is per row,
+  not the batch average, and Dream's ``origin`` (random-order) and ``alg_temp`` (sampled positions)
+  variants are not offered.
 """
 from __future__ import annotations
 
@@ -28,12 +30,12 @@ PRESETS: dict[str, dict] = {
                   temperature=0.0),
     "llada-pure": dict(max_new_tokens=128, steps=None, block_length=WHOLE, commit="fixed", score="probability",
                        temperature=0.0),
-    "dream-entropy": dict(steps=None, block_length=WHOLE, commit="fixed", score="entropy", temperature=0.2,
-                          top_p=0.95, score_tempered=True),
-    "dream-margin": dict(steps=None, block_length=WHOLE, commit="fixed", score="margin", temperature=0.2,
-                         top_p=0.95, score_tempered=True),
-    "dream-maskgit-plus": dict(steps=None, block_length=WHOLE, commit="fixed", score="probability",
-                               temperature=0.2, top_p=0.95, score_tempered=True),
+    "dream-entropy": dict(steps=None, block_length=WHOLE, commit="fixed", schedule="dream", score="entropy",
+                          temperature=0.2, top_p=0.95, score_tempered=True),
+    "dream-margin": dict(steps=None, block_length=WHOLE, commit="fixed", schedule="dream", score="margin",
+                         temperature=0.2, top_p=0.95, score_tempered=True),
+    "dream-maskgit-plus": dict(steps=None, block_length=WHOLE, commit="fixed", schedule="dream",
+                               score="probability", temperature=0.2, top_p=0.95, score_tempered=True),
 }
 
 # The preset a family's backend uses when a request names none.
