@@ -86,8 +86,8 @@ def load_into(module: torch.nn.Module, folder: Path, name_map: dict[str, str], d
                 want = tuple(params[name_map[name]].shape)
                 if shape != want:
                     raise CheckpointError(f"{folder}: tensor '{name}' has shape {shape}, the config implies {want}")
+    module.to(dtype=dtype)  # still on meta: free, so the device never holds a float32 copy
     module.to_empty(device=device)
-    module.to(dtype=dtype)
     params = dict(module.named_parameters())  # materialising replaced the meta parameters
     show = sys.stderr.isatty() if progress is None else progress
     with _progress(len(name_map), f"loading {folder.name}", show) as advance, torch.no_grad():
