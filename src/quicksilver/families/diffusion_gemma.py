@@ -145,10 +145,14 @@ class DiffusionGemmaBackend:
     def from_folder(cls, folder: str | Path, name: str | None = None, device: str | torch.device = "cpu",
                     dtype: torch.dtype | None = None) -> "DiffusionGemmaBackend":
         """Load a DiffusionGemma folder (safetensors only) with transformers."""
+        import importlib.util
         folder = Path(folder)
         model_class = traced_model_class()
+        # With accelerate, transformers places the weights on the device as it reads them; without it
+        # they pass through CPU memory first (fine for small models, a lot for the 26B one).
+        placement = {"device_map": str(device)} if importlib.util.find_spec("accelerate") else {}
         try:
-            model = model_class.from_pretrained(str(folder), dtype=dtype or "auto", use_safetensors=True)
+            model = model_class.from_pretrained(str(folder), dtype=dtype or "auto", use_safetensors=True, **placement)
         except (OSError, ValueError) as e:
             raise CheckpointError(f"{folder} is not a loadable DiffusionGemma checkpoint ({e})") from None
         model = model.to(device)
