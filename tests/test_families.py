@@ -94,6 +94,7 @@ def test_dream_padded_logits_match_the_reference(dream):
 def test_bf16_load_casts_on_the_way_in(llada):
     model, _ = load_model(LLADA, dtype=torch.bfloat16, progress=False)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert model.config.rope_fp32  # LLaDA's rope_full_precision: rotary in float32 under bf16
     v = vectors(LLADA)
     with torch.no_grad():
         logits = model(v["input_ids"]).float()

@@ -27,6 +27,9 @@ class ModelConfig:
     # True when position i predicts token i+1 (AR models, and Dream-style adapted diffusion models).
     logits_shift: bool = False
     attention_bias: bool = False
+    # Apply the rotary embedding in float32 even when the model runs in bf16 (LLaDA's
+    # rope_full_precision); by default it is applied in the model's dtype (Llama, Qwen2, ours).
+    rope_fp32: bool = False
     tie_word_embeddings: bool = False
     family: str = "quicksilver"
     # Special token ids (filled from the tokenizer when a model is created).

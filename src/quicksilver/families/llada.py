@@ -37,6 +37,7 @@ def model_config(raw: dict) -> ModelConfig:
             max_position_embeddings=int(raw.get("max_sequence_length", 4096)),
             rope_theta=float(raw.get("rope_theta", 10000.0)), rms_norm_eps=float(raw.get("rms_norm_eps", 1e-5)),
             causal=False, logits_shift=False, attention_bias=bool(raw.get("include_qkv_bias", False)),
+            rope_fp32=bool(raw.get("rope_full_precision", True)),
             tie_word_embeddings=bool(raw.get("weight_tying", False)), family=MODEL_TYPE,
             mask_token_id=int(raw.get("mask_token_id", 126336)), eos_token_id=int(raw.get("eos_token_id", 126081)),
             pad_token_id=int(raw.get("pad_token_id", raw.get("eos_token_id", 126081))),
