@@ -74,6 +74,16 @@ def generate(
     temperature: float = typer.Option(0.0, help="0 is greedy."),
     top_p: float = typer.Option(1.0, help="Nucleus sampling threshold."),
     seed: Optional[int] = typer.Option(None, help="Random seed for sampling at temperature > 0."),
+    commit: str = typer.Option("fixed", help="Diffusion commit rule: fixed (the reference schedule), threshold, "
+                               "factor or entropy (commit as many positions per step as the model is sure of)."),
+    threshold: float = typer.Option(0.9, help="--commit threshold: commit every position scored above this."),
+    factor: float = typer.Option(1.0, help="--commit factor: Fast-dLLM's factor."),
+    entropy_bound: float = typer.Option(0.5, help="--commit entropy: summed entropy (nats) per step."),
+    score: str = typer.Option("probability", help="How positions are ranked: probability, margin or entropy."),
+    cache: str = typer.Option("none", help="Diffusion KV cache: none, prefix or dual."),
+    refresh: str = typer.Option("full", help="How a cached block starts: full or incremental."),
+    early_stop: bool = typer.Option(False, "--early-stop/--no-early-stop",
+                                    help="Stop as soon as end of text is final (no pass on trailing padding)."),
     live: bool = typer.Option(True, "--live/--no-live", help="Show the canvas being refined."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
 ):
@@ -87,18 +97,20 @@ def generate(
     if not prompt.strip():
         raise UserError("the prompt is empty")
     # Check the decoding options before anything is drawn, so a bad option prints only its error.
+    decoding = dict(commit=commit, threshold=threshold, factor=factor, entropy_bound=entropy_bound, score=score,
+                    cache=cache, refresh=refresh, early_stop=early_stop)
     DecodePolicy(max_new_tokens=max_new_tokens, block_length=block_length, steps=steps, temperature=temperature,
-                 top_p=top_p, seed=seed).validate()
+                 top_p=top_p, seed=seed, **decoding).validate()
     lm = load(model, device=device)
     view = CanvasView(lm.tokenizer, prompt, console) if live else None
     if view:
         with view:
             result = lm.generate(prompt, max_new_tokens=max_new_tokens, steps=steps, block_length=block_length,
-                                 temperature=temperature, top_p=top_p, seed=seed, on_step=view.update)
+                                 temperature=temperature, top_p=top_p, seed=seed, on_step=view.update, **decoding)
             view.finish(result)
     else:
         result = lm.generate(prompt, max_new_tokens=max_new_tokens, steps=steps, block_length=block_length,
-                             temperature=temperature, top_p=top_p, seed=seed)
+                             temperature=temperature, top_p=top_p, seed=seed, **decoding)
         console.print(prompt + result.text, highlight=False, markup=False, soft_wrap=True)
     kind = "diffusion" if lm.is_diffusion else "autoregressive"
     console.print(f"[dim]{lm.name} ({kind}): {result.stats_line()}[/]", highlight=False, soft_wrap=True)
