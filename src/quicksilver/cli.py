@@ -76,35 +76,48 @@ def generate(
     block_length: Optional[int] = typer.Option(None, help="Diffusion block length: positions decoded together "
                                                           "(default 32, or the preset's)."),
     temperature: Optional[float] = typer.Option(None, help="0 is greedy (default 0, or the preset's)."),
-    top_p: Optional[float] = typer.Option(None, help="Nucleus sampling threshold."),
+    top_p: Optional[float] = typer.Option(None, help="Nucleus sampling threshold (default 1)."),
     seed: Optional[int] = typer.Option(None, help="Random seed for sampling at temperature > 0."),
     preset: Optional[str] = typer.Option(None, help="A family's reference sampler: llada, llada-pure, dream-entropy, "
                                                     "dream-margin, dream-maskgit-plus (default: the model's own)."),
+    commit: Optional[str] = typer.Option(None, help="Diffusion commit rule: fixed (the reference schedule), threshold, "
+                                         "factor or entropy (commit as many positions per step as the model is sure of)."),
+    threshold: Optional[float] = typer.Option(None, help="--commit threshold: commit every position scored above this "
+                                                         "(default 0.9)."),
+    factor: Optional[float] = typer.Option(None, help="--commit factor: Fast-dLLM's factor (default 1)."),
+    entropy_bound: Optional[float] = typer.Option(None, help="--commit entropy: summed entropy (nats) per step "
+                                                             "(default 0.5)."),
+    score: Optional[str] = typer.Option(None, help="How positions are ranked: probability, margin or entropy."),
     cache: Optional[str] = typer.Option(None, help="Diffusion KV cache: none, prefix or dual."),
+    refresh: Optional[str] = typer.Option(None, help="How a cached block starts: full or incremental."),
+    early_stop: Optional[bool] = typer.Option(None, "--early-stop/--no-early-stop",
+                                              help="Stop as soon as end of text is final (no pass on trailing padding)."),
     chat: bool = typer.Option(False, "--chat", help="Send PROMPT as a user message through the model's chat template."),
     live: bool = typer.Option(True, "--live/--no-live", help="Show the canvas being refined."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
 ):
-    """Complete PROMPT, showing the diffusion canvas fill in step by step."""
+    """Complete PROMPT, showing the diffusion canvas fill in step by step.
+
+    Options left out come from --preset, else from the model's default decoding (for LLaDA and Dream
+    their reference sampler; for Quicksilver's models the reference schedule, one token per step)."""
     import dataclasses
 
     from .api import load_backend
     from .live import CanvasView
-    from .sampling import preset_policy
+    from .sampling import DecodePolicy, preset_policy
 
     if max_new_tokens is not None and max_new_tokens <= 0:
         raise UserError("--max-new-tokens must be a positive integer")
     if not prompt.strip():
         raise UserError("the prompt is empty")
     options = dict(max_new_tokens=max_new_tokens, steps=steps, block_length=block_length, temperature=temperature,
-                   top_p=top_p, seed=seed, cache=cache)
-    if preset is not None:  # checked before loading, so a bad option prints only its error
-        preset_policy(preset, **options).validate()
+                   top_p=top_p, seed=seed, commit=commit, threshold=threshold, factor=factor,
+                   entropy_bound=entropy_bound, score=score, cache=cache, refresh=refresh, early_stop=early_stop)
+    given = {k: v for k, v in options.items() if v is not None}
+    # Check the decoding options before anything is loaded or drawn, so a bad option prints only its error.
+    (preset_policy(preset, **given) if preset is not None else dataclasses.replace(DecodePolicy(), **given)).validate()
     lm = load_backend(model, device=device)
-    if preset is not None:
-        policy = preset_policy(preset, **options)
-    else:
-        policy = dataclasses.replace(lm.default_policy, **{k: v for k, v in options.items() if v is not None})
+    policy = preset_policy(preset, **given) if preset is not None else dataclasses.replace(lm.default_policy, **given)
     policy.validate()
     text = lm.render_chat([{"role": "user", "content": prompt}]) if chat else prompt
     ids = [lm.encode(text)]
