@@ -41,4 +41,5 @@ def download(repo_id: str) -> Path:
             why = "the Hub has no such (public) model"
         else:
             why = f"fetching it failed ({reason})"
-        raise CheckpointError(f"cannot fetch '{repo_id}': {why}; {_how_to(repo_id)}") from None
+        raise CheckpointError(f"'{repo_id}' is not a local folder, and it cannot be fetched from the Hugging Face "
+                              f"Hub: {why}; {_how_to(repo_id)}") from None
