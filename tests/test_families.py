@@ -218,7 +218,8 @@ def test_first_step_is_the_same_for_every_cache_mode(which, request):
 
 
 @pytest.mark.parametrize("which", ["llada", "dream"])
-@pytest.mark.parametrize("mode,refresh", [("prefix", "full"), ("dual", "full"), ("dual", "incremental")])
+@pytest.mark.parametrize("mode,refresh", [("prefix", "full"), ("dual", "full"), ("prefix", "incremental"),
+                                          ("dual", "incremental")])
 def test_cached_decoding_equals_uncached_when_the_cache_is_exact(which, mode, refresh, request):
     model = _one_layer(request.getfixturevalue(which)[0])
     common = dict(max_new_tokens=24, block_length=8, stop_at_eos=False)
