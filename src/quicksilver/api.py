@@ -54,8 +54,36 @@ class LM:
 
 
 def load(name_or_path: str | os.PathLike = "coder-tiny", device: str | None = None,
-         dtype: torch.dtype | None = torch.float32) -> LM:
-    """Load a bundled model by name or a checkpoint folder."""
+         dtype: torch.dtype | None = torch.float32, progress: bool | None = None):
+    """Load a bundled model by name, a checkpoint folder or a Hugging Face Hub id; the family comes
+    from its config.json.  Quicksilver, LLaDA and Dream give an ``LM`` (Quicksilver's own model
+    code); DiffusionGemma, which runs in transformers, gives its ``DiffusionGemmaBackend``."""
+    from .checkpoint import resolve_model_path
+    from .families import family_of, read_config
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer = load_model(name_or_path, device=device, dtype=dtype)
+    folder = resolve_model_path(name_or_path)
+    if family_of(read_config(folder)) == "diffusion_gemma":
+        from .families.diffusion_gemma import DiffusionGemmaBackend
+        return DiffusionGemmaBackend.from_folder(folder, name=str(name_or_path), device=device, dtype=dtype)
+    model, tokenizer = load_model(folder, device=device, dtype=dtype, progress=progress)
     return LM(model, tokenizer, str(name_or_path))
+
+
+def load_backend(name_or_path: str | os.PathLike = "coder-tiny", device: str | None = None,
+                 dtype: torch.dtype | None = None, progress: bool | None = None):
+    """What the engine serves (``backend.Backend``) for any supported folder: Quicksilver's own code
+    for Quicksilver, LLaDA and Dream checkpoints; transformers for DiffusionGemma.  ``dtype`` None
+    keeps the checkpoint's (float32 for the bundled models' bf16 weights on CPU)."""
+    from .checkpoint import resolve_model_path
+    from .families import family_of, read_config
+    from .families.native import NativeBackend
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    folder = resolve_model_path(name_or_path)
+    family = family_of(read_config(folder))
+    if family == "diffusion_gemma":
+        from .families.diffusion_gemma import DiffusionGemmaBackend
+        return DiffusionGemmaBackend.from_folder(folder, name=str(name_or_path), device=device, dtype=dtype)
+    if family == "quicksilver" and dtype is None:
+        dtype = torch.float32
+    model, tokenizer = load_model(folder, device=device, dtype=dtype, progress=progress)
+    return NativeBackend(model, tokenizer, str(name_or_path))

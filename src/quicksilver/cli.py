@@ -26,6 +26,7 @@ class UserError(Exception):
 
 def user_errors(fn):
     """Report the errors a user can cause as 'error: <sentence>' with exit code 2, never a traceback."""
+    from .chat import ChatTemplateError
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data.shards import DatasetError
@@ -33,7 +34,7 @@ def user_errors(fn):
     from .tokenizer import TokenizerError
 
     expected = (UserError, CheckpointError, ConfigError, DatasetError, GenerationError, TokenizerError,
-                FileNotFoundError)
+                ChatTemplateError, FileNotFoundError)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -67,51 +68,67 @@ def _parse_overrides(items: list[str]) -> dict:
 @user_errors
 def generate(
     prompt: str = typer.Argument(..., help="Text to complete, e.g. 'def fib(n):'."),
-    model: str = typer.Option("coder-tiny", "--model", "-m", help="Bundled model name or checkpoint folder."),
-    max_new_tokens: int = typer.Option(128, help="Most tokens to generate."),
+    model: str = typer.Option("coder-tiny", "--model", "-m",
+                              help="Bundled model name, checkpoint folder (Quicksilver, LLaDA, Dream, DiffusionGemma) "
+                                   "or Hugging Face Hub id."),
+    max_new_tokens: Optional[int] = typer.Option(None, help="Most tokens to generate (default 128, or the preset's)."),
     steps: Optional[int] = typer.Option(None, help="Diffusion forward passes in all (default: one per token)."),
-    block_length: int = typer.Option(32, help="Diffusion block length: positions decoded together."),
-    temperature: float = typer.Option(0.0, help="0 is greedy."),
-    top_p: float = typer.Option(1.0, help="Nucleus sampling threshold."),
+    block_length: Optional[int] = typer.Option(None, help="Diffusion block length: positions decoded together "
+                                                          "(default 32, or the preset's)."),
+    temperature: Optional[float] = typer.Option(None, help="0 is greedy (default 0, or the preset's)."),
+    top_p: Optional[float] = typer.Option(None, help="Nucleus sampling threshold (default 1)."),
     seed: Optional[int] = typer.Option(None, help="Random seed for sampling at temperature > 0."),
-    commit: str = typer.Option("fixed", help="Diffusion commit rule: fixed (the reference schedule), threshold, "
-                               "factor or entropy (commit as many positions per step as the model is sure of)."),
-    threshold: float = typer.Option(0.9, help="--commit threshold: commit every position scored above this."),
-    factor: float = typer.Option(1.0, help="--commit factor: Fast-dLLM's factor."),
-    entropy_bound: float = typer.Option(0.5, help="--commit entropy: summed entropy (nats) per step."),
-    score: str = typer.Option("probability", help="How positions are ranked: probability, margin or entropy."),
-    cache: str = typer.Option("none", help="Diffusion KV cache: none, prefix or dual."),
-    refresh: str = typer.Option("full", help="How a cached block starts: full or incremental."),
-    early_stop: bool = typer.Option(False, "--early-stop/--no-early-stop",
-                                    help="Stop as soon as end of text is final (no pass on trailing padding)."),
+    preset: Optional[str] = typer.Option(None, help="A family's reference sampler: llada, llada-pure, dream-entropy, "
+                                                    "dream-margin, dream-maskgit-plus (default: the model's own)."),
+    commit: Optional[str] = typer.Option(None, help="Diffusion commit rule: fixed (the reference schedule), threshold, "
+                                         "factor or entropy (commit as many positions per step as the model is sure of)."),
+    threshold: Optional[float] = typer.Option(None, help="--commit threshold: commit every position scored above this "
+                                                         "(default 0.9)."),
+    factor: Optional[float] = typer.Option(None, help="--commit factor: Fast-dLLM's factor (default 1)."),
+    entropy_bound: Optional[float] = typer.Option(None, help="--commit entropy: summed entropy (nats) per step "
+                                                             "(default 0.5)."),
+    score: Optional[str] = typer.Option(None, help="How positions are ranked: probability, margin or entropy."),
+    cache: Optional[str] = typer.Option(None, help="Diffusion KV cache: none, prefix or dual."),
+    refresh: Optional[str] = typer.Option(None, help="How a cached block starts: full or incremental."),
+    early_stop: Optional[bool] = typer.Option(None, "--early-stop/--no-early-stop",
+                                              help="Stop as soon as end of text is final (no pass on trailing padding)."),
+    chat: bool = typer.Option(False, "--chat", help="Send PROMPT as a user message through the model's chat template."),
     live: bool = typer.Option(True, "--live/--no-live", help="Show the canvas being refined."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
 ):
-    """Complete PROMPT, showing the diffusion canvas fill in step by step."""
-    from .api import load
-    from .live import CanvasView
-    from .sampling import DecodePolicy
+    """Complete PROMPT, showing the diffusion canvas fill in step by step.
 
-    if max_new_tokens <= 0:
+    Options left out come from --preset, else from the model's default decoding (for LLaDA and Dream
+    their reference sampler; for Quicksilver's models the reference schedule, one token per step)."""
+    import dataclasses
+
+    from .api import load_backend
+    from .live import CanvasView
+    from .sampling import DecodePolicy, preset_policy
+
+    if max_new_tokens is not None and max_new_tokens <= 0:
         raise UserError("--max-new-tokens must be a positive integer")
     if not prompt.strip():
         raise UserError("the prompt is empty")
-    # Check the decoding options before anything is drawn, so a bad option prints only its error.
-    decoding = dict(commit=commit, threshold=threshold, factor=factor, entropy_bound=entropy_bound, score=score,
-                    cache=cache, refresh=refresh, early_stop=early_stop)
-    DecodePolicy(max_new_tokens=max_new_tokens, block_length=block_length, steps=steps, temperature=temperature,
-                 top_p=top_p, seed=seed, **decoding).validate()
-    lm = load(model, device=device)
+    options = dict(max_new_tokens=max_new_tokens, steps=steps, block_length=block_length, temperature=temperature,
+                   top_p=top_p, seed=seed, commit=commit, threshold=threshold, factor=factor,
+                   entropy_bound=entropy_bound, score=score, cache=cache, refresh=refresh, early_stop=early_stop)
+    given = {k: v for k, v in options.items() if v is not None}
+    # Check the decoding options before anything is loaded or drawn, so a bad option prints only its error.
+    (preset_policy(preset, **given) if preset is not None else dataclasses.replace(DecodePolicy(), **given)).validate()
+    lm = load_backend(model, device=device)
+    policy = preset_policy(preset, **given) if preset is not None else dataclasses.replace(lm.default_policy, **given)
+    policy.validate()
+    text = lm.render_chat([{"role": "user", "content": prompt}]) if chat else prompt
+    ids = [lm.encode(text)]
     view = CanvasView(lm.tokenizer, prompt, console) if live else None
     if view:
         with view:
-            result = lm.generate(prompt, max_new_tokens=max_new_tokens, steps=steps, block_length=block_length,
-                                 temperature=temperature, top_p=top_p, seed=seed, on_step=view.update, **decoding)
+            result = lm.generate_ids(ids, policy, on_step=view.update)
             view.finish(result)
     else:
-        result = lm.generate(prompt, max_new_tokens=max_new_tokens, steps=steps, block_length=block_length,
-                             temperature=temperature, top_p=top_p, seed=seed, **decoding)
-        console.print(prompt + result.text, highlight=False, markup=False, soft_wrap=True)
+        result = lm.generate_ids(ids, policy)
+        console.print(prompt + ("\n" if chat else "") + result.text, highlight=False, markup=False, soft_wrap=True)
     kind = "diffusion" if lm.is_diffusion else "autoregressive"
     console.print(f"[dim]{lm.name} ({kind}): {result.stats_line()}[/]", highlight=False, soft_wrap=True)
 

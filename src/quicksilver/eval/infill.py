@@ -147,7 +147,7 @@ def _before_suffix(fill: str, suffix: str) -> str:
 # -- native diffusion infilling ---------------------------------------------------------------------
 def _banned(cfg) -> list[int]:
     ids = {cfg.mask_token_id, cfg.pad_token_id, cfg.fim_prefix_id, cfg.fim_suffix_id, cfg.fim_middle_id}
-    ids.discard(cfg.eos_token_id)  # end of text is allowed: it ends the span
+    ids.difference_update(getattr(cfg, "stop_ids", [cfg.eos_token_id]))  # end of text is allowed: it ends the span
     return sorted(i for i in ids if 0 <= i < cfg.vocab_size)
 
 
@@ -158,6 +158,9 @@ def _choose(policy: DecodePolicy, logits: torch.Tensor, proposal: torch.Tensor, 
         full = torch.full(candidates.shape, fill, dtype=values.dtype)
         full[candidates] = values
         return full
+
+    if policy.score_tempered and policy.temperature > 0:
+        logits = logits / policy.temperature
 
     if policy.commit == "entropy":
         return rules.commit_entropy_bound(spread(rules.entropy(logits), float("inf")), candidates, policy.entropy_bound)
@@ -219,6 +222,10 @@ def diffusion_infill(model, prefixes: list[list[int]], suffixes: list[list[int]]
             x = canvas[rows].to(device)
             hidden = model.hidden_states(x, positions=positions[rows].to(device),
                                          attention_mask=attention[rows].to(device) if padded else None)
+            if getattr(cfg, "logits_shift", False):
+                # Dream-style: the prediction for position j is the output at j - 1 (position 0, never
+                # a hole after a non-empty prefix, keeps its own).
+                hidden = torch.cat([hidden[:, :1], hidden[:, :-1]], dim=1)
             forwards[rows] += 1
             cand = candidates[rows]
             logits = rules.suppress(model.head(hidden[cand.to(device)]).float().cpu(), banned)
@@ -228,7 +235,9 @@ def diffusion_infill(model, prefixes: list[list[int]], suffixes: list[list[int]]
                 logits = rules.top_p_filter(logits, policy.top_p)
             proposal = rules.sample_tokens(logits, policy.temperature, generator)
             count = None
-            if policy.commit == "fixed":
+            if policy.commit == "fixed" and policy.schedule == "dream":
+                count = rules.dream_transfer_counts(cand.sum(1), step, n_steps)
+            elif policy.commit == "fixed":
                 count = torch.full((rows.numel(),), schedule[min(step, len(schedule) - 1)], dtype=torch.long)
             chosen = _choose(policy, logits, proposal, cand, count)
             proposed = canvas[rows].clone()
@@ -236,11 +245,11 @@ def diffusion_infill(model, prefixes: list[list[int]], suffixes: list[list[int]]
             canvas[rows] = torch.where(chosen, proposed, canvas[rows])
             step += 1
     fills = []
+    stops = getattr(cfg, "stop_ids", [cfg.eos_token_id])
     for row, start in enumerate(starts):
         ids = canvas[row, start:start + budget].tolist()
-        if cfg.eos_token_id in ids:
-            ids = ids[:ids.index(cfg.eos_token_id)]
-        fills.append(ids)
+        cut = [i for i, t in enumerate(ids) if t in stops]
+        fills.append(ids[:cut[0]] if cut else ids)
     return fills, forwards.tolist()
 
 

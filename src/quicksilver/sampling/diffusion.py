@@ -21,6 +21,11 @@ Both caches are approximations for a bidirectional model (cached keys/values wer
 the block's latest commits); they are refreshed once per block.  Positions and padding masks are
 those of the full canvas, so a left-padded row computes what it would alone.
 
+Shifted logits (``config.logits_shift``, Dream): the output at position i predicts token i + 1, so
+the prediction for canvas position j is read from position j - 1.  Every pass therefore also runs
+the position just before the block as a query (the last prompt token for the first block), and the
+caches keep context up to that position only.
+
 Stopping: with ``stop_at_eos`` a row leaves the batch after the block in which it committed end of
 text; with ``early_stop`` too, it leaves as soon as end of text is committed and every position
 before it is, so no forward pass is spent on what would be cut off.  Rows that leave the batch (or
@@ -41,8 +46,13 @@ from .types import DecodePolicy, GenerationError, GenerationResult, StepEvent
 
 def never_sample_ids(cfg) -> list[int]:
     ids = {cfg.mask_token_id, cfg.pad_token_id, cfg.fim_prefix_id, cfg.fim_suffix_id, cfg.fim_middle_id}
-    ids.discard(cfg.eos_token_id)
+    ids.difference_update(getattr(cfg, "stop_ids", [cfg.eos_token_id]))  # pad may equal end of text
     return sorted(i for i in ids if 0 <= i < cfg.vocab_size)
+
+
+def stop_tensor(cfg, device) -> torch.Tensor:
+    """The ids that end a row (end of text and end of turn) as a tensor for ``torch.isin``."""
+    return torch.tensor(getattr(cfg, "stop_ids", [cfg.eos_token_id]), dtype=torch.long, device=device)
 
 
 def steps_per_block(policy: DecodePolicy, block_sizes: list[int]) -> list[int]:
@@ -131,13 +141,16 @@ class ContextCache(KVCache):
 
 
 def _commit(policy: DecodePolicy, logits: torch.Tensor, proposal: torch.Tensor, masked: torch.Tensor,
-            count: int | None) -> torch.Tensor:
+            count: int | torch.Tensor | None) -> torch.Tensor:
     """Which masked positions of the block to commit.  ``logits``/``proposal`` hold only the masked
     positions (M, V) / (M,), in ``masked`` (R, S) order; returns an (R, S) bool mask."""
     def spread(values: torch.Tensor, fill: float) -> torch.Tensor:
         full = torch.full(masked.shape, fill, dtype=values.dtype, device=values.device)
         full[masked] = values
         return full
+
+    if policy.score_tempered and policy.temperature > 0:
+        logits = logits / policy.temperature
 
     if policy.commit == "entropy":
         ent = spread(rules.entropy(logits), float("inf"))
@@ -147,6 +160,8 @@ def _commit(policy: DecodePolicy, logits: torch.Tensor, proposal: torch.Tensor, 
         kind = "probability"  # the factor rule needs scores in [0, 1]
     scores = spread(rules.score_positions(logits, proposal, kind), float("-inf"))
     if policy.commit == "fixed":
+        if isinstance(count, torch.Tensor):  # per row (the Dream schedule)
+            return rules.commit_top(scores, masked, count.to(masked.device))
         counts = torch.full((masked.shape[0],), count, dtype=torch.long, device=masked.device)
         return rules.commit_top(scores, masked, counts)
     if policy.commit == "threshold":
@@ -172,7 +187,9 @@ def generate_diffusion(model, prompts: list[list[int]], policy: DecodePolicy,
         generator = torch.Generator(device=device)
         generator.manual_seed(policy.seed if policy.seed is not None else torch.seed())
     banned = never_sample_ids(cfg)
-    mask_id, eos_id = cfg.mask_token_id, cfg.eos_token_id
+    mask_id = cfg.mask_token_id
+    stops = stop_tensor(cfg, device)
+    shift = 1 if getattr(cfg, "logits_shift", False) else 0  # prompts are never empty, so lo - 1 >= 0
     b = canvas.shape[0]
     padded = not bool(attention.all())  # no padding: run attention without a mask (faster)
     block_starts = list(range(0, gen_len, policy.block_length))
@@ -187,6 +204,7 @@ def generate_diffusion(model, prompts: list[list[int]], policy: DecodePolicy,
     prefix_rows = prefix_end = None
     for block, (start, size, n_steps) in enumerate(zip(block_starts, block_sizes, plan)):
         lo, hi = width + start, width + start + size
+        q_lo = lo - shift  # the first query whose output is read (the block's first prediction)
         end = total if policy.window is None else min(total, hi + policy.window)
         rows = alive.nonzero().squeeze(1)
         if rows.numel() == 0:
@@ -205,23 +223,23 @@ def generate_diffusion(model, prompts: list[list[int]], policy: DecodePolicy,
                 p_mask = None if prefix[2] is None else prefix[2].index_select(0, index)
                 scratch = ContextCache(p_keys, p_values, p_mask, end - prefix_end)
                 hidden = model.hidden_states(x[:, prefix_end:end], positions=pos[:, prefix_end:end],
-                                             cache=scratch)[:, lo - prefix_end:hi - prefix_end]
+                                             cache=scratch)[:, q_lo - prefix_end:q_lo - prefix_end + size]
                 keys, values = scratch.filled()
             elif context is None:  # a full pass: every step without a cache, the first of a block with one
                 full = KVCache(cfg.num_hidden_layers) if policy.cache != "none" else None
                 hidden = model.hidden_states(x[:, :end], positions=pos[:, :end], attention_mask=am,
-                                             cache=full)[:, lo:hi]
+                                             cache=full)[:, q_lo:q_lo + size]
                 if full is not None:
                     keys, values = full.keys, full.values
             else:
                 q_hi = end if policy.cache == "prefix" else hi
-                hidden = model.hidden_states(x[:, lo:q_hi], positions=pos[:, lo:q_hi], cache=context)[:, :size]
+                hidden = model.hidden_states(x[:, q_lo:q_hi], positions=pos[:, q_lo:q_hi], cache=context)[:, :size]
             if context is None and policy.cache != "none":
-                context = ContextCache.from_pass(keys, values, am, lo, hi, policy.cache)
+                context = ContextCache.from_pass(keys, values, am, q_lo, hi, policy.cache)
                 if policy.refresh == "incremental":
-                    prefix = ([k[:, :, :lo] for k in keys], [v[:, :, :lo] for v in values],
-                              None if am is None else am[:, :lo])
-                    prefix_rows, prefix_end = rows, lo
+                    prefix = ([k[:, :, :q_lo] for k in keys], [v[:, :, :q_lo] for v in values],
+                              None if am is None else am[:, :q_lo])
+                    prefix_rows, prefix_end = rows, q_lo
             nfe += 1
             row_forwards += rows.numel()
             block_tokens = x[:, lo:hi]
@@ -232,7 +250,10 @@ def generate_diffusion(model, prompts: list[list[int]], policy: DecodePolicy,
             if policy.top_p < 1:
                 logits = rules.top_p_filter(logits, policy.top_p)
             proposal = rules.sample_tokens(logits, policy.temperature, generator)
-            chosen = _commit(policy, logits, proposal, masked, counts[step] if counts else None)
+            count = counts[step] if counts else None
+            if policy.commit == "fixed" and policy.schedule == "dream":
+                count = rules.dream_transfer_counts(masked.sum(1), step, n_steps)
+            chosen = _commit(policy, logits, proposal, masked, count)
             proposed = block_tokens.clone()
             proposed[masked] = proposal
             canvas[rows, lo:hi] = torch.where(chosen, proposed, block_tokens)
@@ -250,7 +271,7 @@ def generate_diffusion(model, prompts: list[list[int]], policy: DecodePolicy,
                     on_step(StepEvent(nfe, block, region, committed, mask_id))
             if policy.stop_at_eos and policy.early_stop:
                 region = canvas[rows, width:hi]
-                is_eos = region == eos_id
+                is_eos = torch.isin(region, stops)
                 first_eos = torch.where(is_eos.any(1), is_eos.int().argmax(1), torch.full_like(rows, hi))
                 before = torch.arange(hi - width, device=device)[None, :] < first_eos[:, None]
                 done = is_eos.any(1) & ~((region == mask_id) & before).any(1)
@@ -262,11 +283,11 @@ def generate_diffusion(model, prompts: list[list[int]], policy: DecodePolicy,
                 if context is not None and rows.numel():
                     context.select_rows(index)
         if policy.stop_at_eos:
-            alive &= ~(canvas[:, width:hi] == eos_id).any(dim=1)
+            alive &= ~torch.isin(canvas[:, width:hi], stops).any(dim=1)
     seconds = time.perf_counter() - start_time
     ids, finished = [], []
     for row in canvas[:, width:].tolist():
-        kept, done = cut_at_eos(row, eos_id)
+        kept, done = cut_at_eos(row, stops.tolist())
         kept = [t for t in kept if t != mask_id]  # only possible past an early stop
         ids.append(kept)
         finished.append(done)
@@ -275,4 +296,4 @@ def generate_diffusion(model, prompts: list[list[int]], policy: DecodePolicy,
                             first_token_seconds=first_token_seconds, row_forwards=row_forwards)
 
 
-__all__ = ["generate_diffusion", "steps_per_block", "never_sample_ids", "ContextCache"]
+__all__ = ["generate_diffusion", "steps_per_block", "never_sample_ids", "stop_tensor", "ContextCache"]
