@@ -168,9 +168,9 @@
     if (secs > 0 && committed > 0) ui.tps.textContent = (committed / secs).toFixed(1);
   }
 
-  function paintText(r) {
-    // Without drafts (an AR model, or diffusing off) the final text simply grows.
-    r.region.textContent = r.text;
+  function paintText(r, piece) {
+    // Without drafts (an AR model, or diffusing off) the text simply grows, the new piece highlighted.
+    r.region.append(span("piece fresh", piece));
   }
 
   function pump(r) {
@@ -237,7 +237,7 @@
           ui.ttft.textContent = `${Math.round(r.firstTokenAt - r.t0)} ms`;
         }
         r.text += piece;
-        if (!r.sawDraft) paintText(r);
+        if (!r.sawDraft) paintText(r, piece);
       }
       if (choice.finish_reason) r.finishReason = choice.finish_reason;
     }
