@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+CLI_SERVER_KEY = "test-key-not-secret"  # the ``cli_server`` fixture's --api-key (tests/conftest.py)
 
 @dataclass
 class LiveServer:

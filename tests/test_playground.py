@@ -12,11 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from live_server import live_server
-
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra: make install-dev")
 
-API_KEY = "playground-test-key"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -45,12 +42,6 @@ def chromium_path() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with live_server(tmp_path_factory.mktemp("playground"), api_key=API_KEY) as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
 def browser():
     path = chromium_path()
     if path is None:
@@ -62,13 +53,13 @@ def browser():
 
 
 @pytest.fixture
-def page(browser, server):
+def page(browser, cli_server):
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     pg = context.new_page()
     pg.errors = []  # uncaught exceptions in the page's script fail the test
     pg.on("pageerror", lambda e: pg.errors.append(str(e)))
     pg.add_init_script(CANVAS_RECORDER)
-    pg.goto(server.url + "/")
+    pg.goto(cli_server.url + "/")
     yield pg
     context.close()
     assert pg.errors == []
@@ -80,16 +71,16 @@ def settings(pg, max_tokens: int, steps: int | None = None) -> None:
     pg.fill("#steps", "" if steps is None else str(steps))
 
 
-def test_the_canvas_fills_in_as_drafts_stream(page, server):
+def test_the_canvas_fills_in_as_drafts_stream(page, cli_server):
     pg = page
     # Without the key the server refuses, and the page says so instead of failing silently.
     pg.fill("#prompt", "def fibonacci(n):\n")
-    settings(pg, max_tokens=64)
+    settings(pg, max_tokens=32)
     pg.click("#generate")
     pg.wait_for_selector("#status[data-state=error]", timeout=30_000)
     assert "401" in pg.inner_text("#error")
 
-    pg.fill("#api-key", API_KEY)
+    pg.fill("#api-key", cli_server.api_key)
     pg.dispatch_event("#api-key", "change")  # stores the key and reloads the model list
     pg.wait_for_function("document.querySelector('#model-name').textContent === 'coder-tiny'", timeout=10_000)
     pg.evaluate("window.__canvas = []")
@@ -121,15 +112,15 @@ def test_the_canvas_fills_in_as_drafts_stream(page, server):
 
     # The canvas ends as exactly the text of the same request, not streamed (greedy decoding).
     final = pg.evaluate("document.querySelector('#canvas .region').textContent")
-    body = server.post("/v1/completions", {"model": "coder-tiny", "prompt": "def fibonacci(n):\n",
-                                           "max_tokens": 64, "block_length": 32, "temperature": 0})
+    body = cli_server.post("/v1/completions", {"model": "coder-tiny", "prompt": "def fibonacci(n):\n",
+                                               "max_tokens": 32, "block_length": 32, "temperature": 0})
     assert final == body["choices"][0]["text"]
     assert final.strip(), "the model generated nothing"
 
 
-def test_stop_and_chat_mode(page):
+def test_stop_and_chat_mode(page, cli_server):
     pg = page
-    pg.fill("#api-key", API_KEY)
+    pg.fill("#api-key", cli_server.api_key)
     pg.dispatch_event("#api-key", "change")
     # A long generation, one token per step: Stop lands while it runs, and the server serves on.
     settings(pg, max_tokens=512, steps=512)
@@ -142,7 +133,7 @@ def test_stop_and_chat_mode(page):
     pg.select_option("#mode", "chat")
     assert pg.is_disabled("#suffix")  # fill-in-the-middle is a completion-mode feature
     pg.fill("#prompt", "Write a function that adds two numbers.")
-    settings(pg, max_tokens=32)
+    settings(pg, max_tokens=16)
     pg.click("#generate")
     pg.wait_for_selector("#status[data-state=done]", timeout=60_000)
     assert pg.is_hidden("#error")

@@ -9,27 +9,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from live_server import live_server
-
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "serve_load.py"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with live_server(tmp_path_factory.mktemp("serve-load")) as srv:
-        yield srv
 
 
 def run_load(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout)
 
 
-def test_two_clients_for_three_seconds(server, tmp_path):
+def test_two_clients_for_three_seconds(cli_server, tmp_path):
     out = tmp_path / "load.json"
-    proc = run_load("--url", server.url, "--clients", "2", "--duration", "3", "--max-tokens", "16",
-                    "--warmup", "1", "--diffusing", "--out", str(out))
+    proc = run_load("--url", cli_server.url, "--api-key", cli_server.api_key, "--clients", "2", "--duration", "3",
+                    "--max-tokens", "16", "--warmup", "1", "--diffusing", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     last = json.loads(proc.stdout.strip().splitlines()[-1])  # the one JSON line
     assert last == json.loads(out.read_text())
