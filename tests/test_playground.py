@@ -14,6 +14,7 @@ import pytest
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra: make install-dev")
 
+PROMPT = "class Stack:\n    def __init__(self):\n        "
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -74,7 +75,7 @@ def settings(pg, max_tokens: int, steps: int | None = None) -> None:
 def test_the_canvas_fills_in_as_drafts_stream(page, cli_server):
     pg = page
     # Without the key the server refuses, and the page says so instead of failing silently.
-    pg.fill("#prompt", "def fibonacci(n):\n")
+    pg.fill("#prompt", PROMPT)
     settings(pg, max_tokens=32)
     pg.click("#generate")
     pg.wait_for_selector("#status[data-state=error]", timeout=30_000)
@@ -112,7 +113,7 @@ def test_the_canvas_fills_in_as_drafts_stream(page, cli_server):
 
     # The canvas ends as exactly the text of the same request, not streamed (greedy decoding).
     final = pg.evaluate("document.querySelector('#canvas .region').textContent")
-    body = cli_server.post("/v1/completions", {"model": "coder-tiny", "prompt": "def fibonacci(n):\n",
+    body = cli_server.post("/v1/completions", {"model": "coder-tiny", "prompt": PROMPT,
                                                "max_tokens": 32, "block_length": 32, "temperature": 0})
     assert final == body["choices"][0]["text"]
     assert final.strip(), "the model generated nothing"
