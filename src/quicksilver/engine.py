@@ -351,7 +351,9 @@ class Engine:
                     self._pending.clear()
                 for request in pending:
                     self._route(request)
-                self._round()
+                if not self._round():
+                    with self._lock:  # nothing could run (requests wait for slots): do not spin
+                        self._lock.wait(timeout=0.01)
                 if self._stopped:
                     self._abandon_all()
                     return
@@ -382,8 +384,10 @@ class Engine:
     def _slots_free(self) -> int:
         return self.config.max_batch - sum(sum(not row.finished for row in r.rows) for r in self._active)
 
-    def _round(self) -> None:
-        """One forward pass for each cohort with active rows; then one serial request if any waits."""
+    def _round(self) -> bool:
+        """One forward pass for each cohort with active rows; then one serial request if any waits.
+        Returns whether anything ran."""
+        ran = False
         for key, cohort in list(self._cohorts.items()):
             decoder = cohort.decoder
             self._expire_and_cancel(decoder)
@@ -394,13 +398,16 @@ class Engine:
                     self._admit(cohort.waiting.popleft(), decoder)
             if decoder.active:
                 report = decoder.step()
-                self.forward_passes_total += 1
+                self.forward_passes_total += int(report.forward)
                 self._after_step(decoder, report)
+                ran = True
             elif not cohort.waiting:
                 del self._cohorts[key]
         if self._serial and (self._slots_free() >= self._serial[0].n
                              or not any(c.decoder.active for c in self._cohorts.values())):
             self._serve_serial(self._serial.popleft())
+            ran = True
+        return ran
 
     def _admit(self, request: Request, decoder) -> None:
         request.started = time.monotonic()
@@ -442,6 +449,7 @@ class Engine:
                         decoder.release(h)
                         continue
                 if h in finished:
+                    touched = True
                     ids, eos = decoder.result(h)
                     row.finish(ids, eos, decoder.forwards(h))
                     decoder.release(h)

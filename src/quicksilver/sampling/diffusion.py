@@ -223,7 +223,8 @@ class BlockDecoder:
     # -- rows ----------------------------------------------------------------------------------------
     @property
     def at_boundary(self) -> bool:
-        return self.rows is None
+        """Rows may join: between blocks, or when every row has left (mid-block, by cancellation)."""
+        return self.rows is None or not bool(self.alive.any())
 
     @property
     def active(self) -> int:
@@ -325,6 +326,7 @@ class BlockDecoder:
         self.row_of = {}
         self.released = set()
         self.prefix = None
+        self.rows = self.context = self.counts = None
 
     def _pad_columns(self, left: int = 0, right: int = 0) -> None:
         b = self.canvas.shape[0]
