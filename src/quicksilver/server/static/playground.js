@@ -237,7 +237,15 @@
           ui.ttft.textContent = `${Math.round(r.firstTokenAt - r.t0)} ms`;
         }
         r.text += piece;
-        if (!r.sawDraft) paintText(r, piece);
+        r.pieces += 1;
+        if (!r.sawDraft) {
+          paintText(r, piece);
+          // Live estimate for a stream without drafts (about one piece per token for an AR model);
+          // the server's exact figures replace it when the stream ends.
+          ui.tokenCount.textContent = String(r.pieces);
+          const secs = (performance.now() - r.t0) / 1000;
+          if (secs > 0) ui.tps.textContent = (r.pieces / secs).toFixed(1);
+        }
       }
       if (choice.finish_reason) r.finishReason = choice.finish_reason;
     }
@@ -289,7 +297,7 @@
     try { req = buildRequest(); } catch (e) { showError(e.message); return; }
     saveSettings();
     const r = {
-      req, controller: new AbortController(), t0: performance.now(), firstTokenAt: null, text: "",
+      req, controller: new AbortController(), t0: performance.now(), firstTokenAt: null, text: "", pieces: 0,
       frames: [], cells: null, sawDraft: false, sawDone: false, ended: false, finished: false,
       rafPending: false, stats: null, finishReason: null, error: null, aborted: false,
     };
