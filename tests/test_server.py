@@ -306,3 +306,15 @@ def test_a_full_queue_answers_429(lm):
                 assert r.status_code == 429
                 assert r.json()["error"]["type"] == "rate_limit_error" and "busy" in r.json()["error"]["message"]
                 assert waiting.status_code == 200
+
+
+def test_serve_refuses_bad_options_with_one_sentence():
+    from typer.testing import CliRunner
+
+    from quicksilver.cli import app
+
+    runner = CliRunner()
+    missing = runner.invoke(app, ["serve", "--model", "no-such-model"])
+    assert missing.exit_code == 2 and "error: unknown model 'no-such-model'" in missing.output
+    bad = runner.invoke(app, ["serve", "--max-queue", "0"])
+    assert bad.exit_code == 2 and "must be positive" in bad.output

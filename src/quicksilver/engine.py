@@ -101,6 +101,7 @@ class Done:
 @dataclass
 class Failed:
     message: str
+    status: int = 400  # 400: the request cannot be served as asked; 503: the engine itself failed
 
 
 Event = Delta | Draft | Finished | Done | Failed
@@ -391,9 +392,8 @@ class Engine:
         for key, cohort in list(self._cohorts.items()):
             decoder = cohort.decoder
             self._expire_and_cancel(decoder)
+            self._purge(cohort.waiting)
             if decoder.at_boundary:
-                while cohort.waiting and cohort.waiting[0].cancelled:
-                    self._close(cohort.waiting.popleft(), "cancelled")
                 while cohort.waiting and cohort.waiting[0].n <= self._slots_free():
                     self._admit(cohort.waiting.popleft(), decoder)
             if decoder.active:
@@ -403,15 +403,27 @@ class Engine:
                 ran = True
             elif not cohort.waiting:
                 del self._cohorts[key]
+        self._purge(self._serial)
         if self._serial and (self._slots_free() >= self._serial[0].n
                              or not any(c.decoder.active for c in self._cohorts.values())):
             self._serve_serial(self._serial.popleft())
             ran = True
         return ran
 
+    def _purge(self, waiting: collections.deque) -> None:
+        """Close the waiting requests whose clients left, so they stop counting as queued."""
+        if any(r.cancelled for r in waiting):
+            for request in [r for r in waiting if r.cancelled]:
+                waiting.remove(request)
+                self._close(request, "cancelled")
+
     def _admit(self, request: Request, decoder) -> None:
         request.started = time.monotonic()
-        handles = decoder.admit([request.prompt] * request.n, request.policy.max_new_tokens)
+        try:
+            handles = decoder.admit([request.prompt] * request.n, request.policy.max_new_tokens)
+        except GenerationError as e:  # submit checks the context, so only a backend's own limit lands here
+            request.sink(Failed(str(e)))
+            return self._close(request, "error")
         for row, handle in zip(request.rows, handles):
             row.handle, row.decoder = handle, decoder
         self._active.append(request)
@@ -531,5 +543,5 @@ class Engine:
             rest += list(c.waiting)
         for request in rest:
             if failed and not request.done:
-                request.sink(Failed(failed))
+                request.sink(Failed(failed, 503))
             self._close(request, "error" if failed else "cancelled")

@@ -292,7 +292,7 @@ async def _serve(request: Request, engine: Engine, job: EngineRequest, body: Dec
         return JSONResponse(status_code=499, content=None)
     texts, finished, done, failed = collect.result()
     if failed is not None:
-        raise APIError(400, failed.message)
+        raise APIError(failed.status, failed.message)
     choices = []
     for i in range(job.n):
         f = finished.get(i)
