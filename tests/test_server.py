@@ -318,3 +318,29 @@ def test_serve_refuses_bad_options_with_one_sentence():
     assert missing.exit_code == 2 and "error: unknown model 'no-such-model'" in missing.output
     bad = runner.invoke(app, ["serve", "--max-queue", "0"])
     assert bad.exit_code == 2 and "must be positive" in bad.output
+
+
+def test_an_error_after_the_first_byte_is_an_error_frame_then_done(lm):
+    """Fault injection: a backend (the real model) that fails at its third forward pass."""
+    from quicksilver.api import LM
+    from quicksilver.sampling import GenerationError
+
+    class FailsMidway(LM):
+        decoder = None  # served through generate_ids, whose on_step carries the failure
+
+        def generate_ids(self, prompts, policy, on_step=None):
+            def failing(event):
+                if on_step is not None:
+                    on_step(event)
+                if event.step == 3:
+                    raise GenerationError("the decoder failed at step 3")
+            return super().generate_ids(prompts, policy, failing)
+
+    with live_server(ServerSettings(), backend=FailsMidway(lm.model, lm.tokenizer, MODEL)) as base:
+        frames = sse_frames(base, "/v1/completions", {"prompt": PROMPT, "max_tokens": 16, "stream": True})
+        assert frames[-1] == "data: [DONE]"
+        assert json.loads(frames[-2][6:])["error"]["message"] == "the decoder failed at step 3"
+        assert any(json.loads(f[6:]).get("choices") for f in frames[:-2])  # text came before the failure
+        r = httpx.post(f"{base}/v1/completions", json={"prompt": PROMPT, "max_tokens": 16}, timeout=30)
+        assert r.status_code == 400 and "step 3" in r.json()["error"]["message"]
+        assert httpx.get(f"{base}/health").status_code == 200

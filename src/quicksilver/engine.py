@@ -285,7 +285,8 @@ class Engine:
     @property
     def queued(self) -> int:
         with self._lock:
-            return len(self._pending) + sum(len(c.waiting) for c in self._cohorts.values())
+            # The worker changes the cohorts without the lock; other threads copy before iterating.
+            return len(self._pending) + sum(len(c.waiting) for c in list(self._cohorts.values()))
 
     @property
     def active(self) -> int:
@@ -332,7 +333,8 @@ class Engine:
         while time.monotonic() < deadline and (self.active or self.queued) and self.alive:
             time.sleep(0.02)
         with self._lock:
-            for r in list(self._pending) + list(self._active) + [r for c in self._cohorts.values() for r in c.waiting]:
+            waiting = [r for c in list(self._cohorts.values()) for r in list(c.waiting)]
+            for r in list(self._pending) + list(self._active) + waiting + list(self._serial):
                 r.cancelled = True
             self._stopped = True
             self._lock.notify_all()
