@@ -344,3 +344,35 @@ def test_an_error_after_the_first_byte_is_an_error_frame_then_done(lm):
         r = httpx.post(f"{base}/v1/completions", json={"prompt": PROMPT, "max_tokens": 16}, timeout=30)
         assert r.status_code == 400 and "step 3" in r.json()["error"]["message"]
         assert httpx.get(f"{base}/health").status_code == 200
+
+
+def test_sigterm_lets_a_running_stream_finish_then_exits(tmp_path):
+    """The real `quicksilver serve` process: SIGTERM during a stream -> the stream still ends with
+    [DONE], new connections are refused, the process exits."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.server_harness import free_port
+
+    port = free_port()
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "quicksilver.cli", "serve", "--model", MODEL, "--port", str(port),
+                             "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(base, timeout=120)
+        body = {"prompt": PROMPT, "max_tokens": 48, "block_length": 8, "stream": True}
+        with httpx.stream("POST", f"{base}/v1/completions", json=body, timeout=60) as r:
+            lines = r.iter_lines()
+            first = next(line for line in lines if line.startswith("data: "))
+            proc.send_signal(signal.SIGTERM)
+            rest = [line for line in lines if line]
+        assert json.loads(first[6:])["choices"] and rest[-1] == "data: [DONE]"
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once drained
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{base}/health", timeout=5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
