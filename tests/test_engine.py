@@ -26,11 +26,6 @@ def small(seed=4):
     return tiny_model(seed=seed, mask_token_id=MASK, eos_token_id=EOS, pad_token_id=PAD, num_hidden_layers=2)
 
 
-def run_until_done(decoder: BlockDecoder, handles: dict) -> None:
-    while decoder.active:
-        decoder.step()
-
-
 # -- BlockDecoder -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("cache,refresh", [("none", "full"), ("prefix", "full"), ("dual", "incremental")])
 @pytest.mark.parametrize("commit", ["fixed", "threshold"])
@@ -80,6 +75,25 @@ def test_a_cancelled_row_leaves_at_the_next_step_and_the_others_are_unchanged():
     while decoder.active:
         decoder.step()
     assert decoder.result(c)[0] == generate(m, [PROMPTS[2]], dataclasses.replace(policy, max_new_tokens=8)).ids[0]
+
+
+@pytest.mark.parametrize("cache", ["none", "dual"])
+def test_released_rows_are_dropped_when_others_join_and_the_rest_are_unchanged(cache):
+    m = small()
+    policy = DecodePolicy(max_new_tokens=24, block_length=8, cache=cache, stop_at_eos=False)
+    decoder = BlockDecoder(m, policy)
+    a, b = decoder.admit([PROMPTS[0], PROMPTS[2]], 24)  # b has the longest prompt: its columns go with it
+    decoder.step()
+    decoder.release(b)
+    while not decoder.at_boundary:
+        decoder.step()
+    width_before = decoder.canvas.shape[1]
+    c = decoder.admit([PROMPTS[1]], 8)[0]
+    assert decoder.canvas.shape[0] == 2 and decoder.canvas.shape[1] < width_before  # b's row and pads gone
+    while decoder.active:
+        decoder.step()
+    assert decoder.result(a)[0] == generate(m, [PROMPTS[0]], policy).ids[0]
+    assert decoder.result(c)[0] == generate(m, [PROMPTS[1]], dataclasses.replace(policy, max_new_tokens=8)).ids[0]
 
 
 def test_rows_join_only_between_blocks():
