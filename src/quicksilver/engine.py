@@ -530,7 +530,7 @@ class Engine:
         if request in self._active:
             self._active.remove(request)
         self.requests_total[outcome] += 1
-        tokens = sum(getattr(r, "tokens", 0) for r in request.rows)
+        tokens = sum(r.tokens for r in request.rows)
         self.generated_tokens_total += tokens
         seconds = time.monotonic() - (request.started or request.submitted)
         if outcome in ("ok", "timeout"):
