@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from quicksilver.backend import Backend
 from quicksilver.checkpoint import CheckpointError, load_model
 from quicksilver.families import family_of
-from quicksilver.families.native import NativeBackend
+from quicksilver.api import LM
 from quicksilver.model import KVCache
 from quicksilver.sampling import DecodePolicy, GenerationError, generate, preset_policy
 from quicksilver.sampling.batch import left_pad
@@ -118,7 +118,7 @@ def test_special_ids_and_end_of_turn_come_from_the_checkpoint(llada, dream):
 
 def test_llada_chat_template_always_ends_with_the_assistant_header(llada):
     model, tok = llada
-    backend = NativeBackend(model, tok, "llada")
+    backend = LM(model, tok, "llada")
     text = backend.render_chat([{"role": "user", "content": "  Hi  "}])
     assert text == ("<|startoftext|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
                     "<|start_header_id|>assistant<|end_header_id|>\n\n")
@@ -130,7 +130,7 @@ def test_llada_chat_template_always_ends_with_the_assistant_header(llada):
 
 def test_dream_chat_template_is_chatml_with_a_default_system_prompt(dream):
     model, tok = dream
-    text = NativeBackend(model, tok, "dream").render_chat([{"role": "user", "content": "Hi"}])
+    text = LM(model, tok, "dream").render_chat([{"role": "user", "content": "Hi"}])
     assert text == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
                     "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
     own = tok.render_chat([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
@@ -254,7 +254,7 @@ def test_dream_infilling_reads_shifted_logits_like_the_sampler(dream):
     completion = generate(model, [PROMPTS[0]], policy).ids[0]
     fills, forwards = diffusion_infill(model, [PROMPTS[0]], [[]], 12, policy)
     assert fills[0] == completion and forwards == [12]
-    backend = NativeBackend(model, tok, "dream")
+    backend = LM(model, tok, "dream")
     filled = backend.infill_ids(PROMPTS[0], [40, 41], DecodePolicy(max_new_tokens=6, block_length=6))
     assert filled.nfe == 6 and len(filled.ids[0]) <= 6
 
@@ -274,7 +274,7 @@ def test_presets_are_reference_orderings_that_take_overrides():
 
 def test_dream_presets_decode_reproducibly_with_a_seed(dream):
     model, tok = dream
-    backend = NativeBackend(model, tok, "dream")
+    backend = LM(model, tok, "dream")
     assert backend.default_policy.score == "entropy"
     assert isinstance(backend, Backend)
     ids = [backend.encode("Hi")]
