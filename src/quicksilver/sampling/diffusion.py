@@ -142,7 +142,7 @@ class ContextCache(KVCache):
 
 
 def _commit(policy: DecodePolicy, logits: torch.Tensor, proposal: torch.Tensor, masked: torch.Tensor,
-            counts: torch.Tensor | None) -> torch.Tensor:
+            counts: torch.Tensor | int | None) -> torch.Tensor:
     """Which masked positions of the block to commit.  ``logits``/``proposal`` hold only the masked
     positions (M, V) / (M,), in ``masked`` (R, S) order; ``counts`` (R,) is the fixed rule's number per
     row; returns an (R, S) bool mask."""
@@ -162,6 +162,8 @@ def _commit(policy: DecodePolicy, logits: torch.Tensor, proposal: torch.Tensor, 
         kind = "probability"  # the factor rule needs scores in [0, 1]
     scores = spread(rules.score_positions(logits, proposal, kind), float("-inf"))
     if policy.commit == "fixed":
+        if not isinstance(counts, torch.Tensor):  # one count for every row
+            counts = torch.full((masked.shape[0],), int(counts), dtype=torch.long, device=masked.device)
         return rules.commit_top(scores, masked, counts)
     if policy.commit == "threshold":
         return rules.commit_threshold(scores, masked, policy.threshold)
