@@ -99,7 +99,8 @@ def generate(
     """Complete PROMPT, showing the diffusion canvas fill in step by step.
 
     Options left out come from --preset, else from the model's default decoding (for LLaDA and Dream
-    their reference sampler; for Quicksilver's models the reference schedule, one token per step)."""
+    their reference sampler; for Quicksilver's diffusion models the threshold rule at 0.9 with early stop,
+    as the server uses; --steps alone selects the fixed schedule)."""
     import dataclasses
 
     from .api import load_backend
@@ -114,6 +115,8 @@ def generate(
                    top_p=top_p, seed=seed, commit=commit, threshold=threshold, factor=factor,
                    entropy_bound=entropy_bound, score=score, cache=cache, refresh=refresh, early_stop=early_stop)
     given = {k: v for k, v in options.items() if v is not None}
+    if steps is not None and commit is None:
+        given["commit"] = "fixed"  # a step count only means something for the fixed schedule
     # Check the decoding options before anything is loaded or drawn, so a bad option prints only its error.
     (preset_policy(preset, **given) if preset is not None else dataclasses.replace(DecodePolicy(), **given)).validate()
     lm = load_backend(model, device=device)
