@@ -66,10 +66,9 @@ def page(browser, cli_server):
     assert pg.errors == []
 
 
-def settings(pg, max_tokens: int, steps: int | None = None) -> None:
+def settings(pg, max_tokens: int) -> None:
     pg.fill("#max-tokens", str(max_tokens))
     pg.fill("#block-length", "32")
-    pg.fill("#steps", "" if steps is None else str(steps))
 
 
 def test_the_canvas_fills_in_as_drafts_stream(page, cli_server):
@@ -123,8 +122,9 @@ def test_stop_and_chat_mode(page, cli_server):
     pg = page
     pg.fill("#api-key", cli_server.api_key)
     pg.dispatch_event("#api-key", "change")
-    # A long generation, one token per step: Stop lands while it runs, and the server serves on.
-    settings(pg, max_tokens=512, steps=512)
+    # A long generation (coder-tiny commits about one token per step): Stop lands while it runs, and
+    # the server serves on.
+    settings(pg, max_tokens=512)
     pg.click("#generate")
     pg.wait_for_function("document.querySelectorAll('#canvas .region .tok').length > 0", timeout=30_000)
     pg.click("#stop")

@@ -14,7 +14,8 @@
   const MASK_GLYPH = "·";
   // A tiny model on a fast machine sends drafts far quicker than a screen refreshes; frames are
   // painted one per animation frame so the fill-in stays visible, and a backlog past this many
-  // frames is skipped so the canvas never lags the stream by more than about half a second.
+  // frames is thinned (every other frame dropped, the newest kept) so the canvas stays within about
+  // half a second of the stream while still showing the order in which positions filled in.
   const MAX_BACKLOG = 30;
   const SETTING_IDS = ["mode", "max-tokens", "temperature", "diffusing", "steps", "block-length",
                        "commit", "threshold", "cache"];
@@ -176,7 +177,10 @@
   function pump(r) {
     r.rafPending = false;
     if (r !== run) return;
-    if (r.frames.length > MAX_BACKLOG) r.frames.splice(0, r.frames.length - 1);
+    while (r.frames.length > MAX_BACKLOG) {
+      const last = r.frames.length - 1;
+      r.frames = r.frames.filter((_, i) => i % 2 === 1 || i === last);
+    }
     const frame = r.frames.shift();
     if (frame) paintDraft(r, frame);
     if (r.frames.length) schedule(r);
