@@ -138,3 +138,7 @@ def test_generate_with_fast_decoding_matches_the_api():
     expected = quicksilver.load("coder-tiny", device="cpu").generate("def add(a, b):", max_new_tokens=32, **args)
     assert result.stdout.startswith("def add(a, b):" + expected.text)
     assert int(re.search(r"(\d+) forward passes", result.stdout).group(1)) == expected.nfe
+
+
+def test_serve_refuses_bad_threads_before_binding():
+    assert_user_error(run("serve", "--threads", "0"), "--threads must be a positive integer")
