@@ -202,7 +202,9 @@ def models():
 @app.command()
 @user_errors
 def serve(
-    model: str = typer.Option("coder-tiny", "--model", "-m", help="Bundled model name or checkpoint folder."),
+    model: str = typer.Option("coder-tiny", "--model", "-m",
+                              help="Bundled model name, checkpoint folder (Quicksilver, LLaDA, Dream, DiffusionGemma) "
+                                   "or Hugging Face Hub id."),
     host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)."),
     port: int = typer.Option(8000, help="TCP port."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="QUICKSILVER_API_KEY", show_envvar=True,
