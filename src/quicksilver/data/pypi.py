@@ -170,11 +170,12 @@ def _sha256_of(file: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch_sdist(pkg: Package, cache: str | Path, index_url: str | None = None,
+def fetch_sdist(pkg: Package, cache: str | Path, index_url: str | Callable[[], str] | None = None,
                 progress: Callable[[int], None] | None = None) -> tuple[Path, str]:
     """Path of the package's sdist in ``cache`` (downloaded once) and its sha256.
 
-    A pinned sha256 must match, or the archive is refused.  ``progress(n_bytes)`` follows the download.
+    A pinned sha256 must match, or the archive is refused.  ``index_url`` may be a function, called
+    only when the index is needed; None means pip's.  ``progress(n_bytes)`` follows the download.
     """
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
@@ -185,7 +186,8 @@ def fetch_sdist(pkg: Package, cache: str | Path, index_url: str | None = None,
                 if not pkg.sha256 or sha == pkg.sha256:
                     return candidate, sha
                 candidate.unlink()  # a stale or corrupt copy: fetch it again below
-    url, filename, index_sha = find_sdist(pkg, index_url or pip_index_url())
+    index = index_url() if callable(index_url) else index_url
+    url, filename, index_sha = find_sdist(pkg, index or pip_index_url())
     if Path(filename).name != filename or filename.startswith("."):
         raise DatasetError(f"the index names the sdist of {pkg.spec} oddly: {filename!r}")
     expected = pkg.sha256 or index_sha

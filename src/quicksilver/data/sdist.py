@@ -17,7 +17,7 @@ from email.parser import HeaderParser
 from pathlib import Path, PurePosixPath
 
 from .corpus import Document
-from .pypi import Package, is_sdist_of, fetch_sdist, pip_index_url
+from .pypi import Package, fetch_sdist, pip_index_url
 from .shards import DatasetError
 
 MAX_PY_BYTES = 1_000_000
@@ -176,7 +176,7 @@ class PypiSource:
         if self.progress:
             self.progress("total:download", len(self.packages))
         for pkg in self.packages:
-            path, sha = fetch_sdist(pkg, self.cache, index_url=None if _cached(pkg, self.cache) else self._index())
+            path, sha = fetch_sdist(pkg, self.cache, index_url=self._index)
             archives.append((pkg, path, sha))
             if self.progress:
                 self.progress("download", 1)
@@ -195,7 +195,3 @@ class PypiSource:
                 "skipped": dict(sorted(stats.skipped.items())),
             }
             yield from docs
-
-
-def _cached(pkg: Package, cache: Path) -> bool:
-    return cache.is_dir() and any(is_sdist_of(f.name, pkg) for f in cache.iterdir())
