@@ -174,15 +174,15 @@ def data_build(
                                      "With --source, exact and near duplicates are dropped."),
     stdlib: bool = typer.Option(True, "--stdlib/--no-stdlib", help="Include this Python's standard library (without --source)."),
     folder: List[Path] = typer.Option([], help="Also include every text/code file under this folder."),
-    packages: Optional[Path] = typer.Option(None, help="Pinned sdist list of the pypi source [default: the bundled "
-                                            "src/quicksilver/data/pypi_packages.toml]."),
+    packages: Optional[Path] = typer.Option(None, help="Pinned sdist list of the pypi source (default: the bundled "
+                                            "src/quicksilver/data/pypi_packages.toml)."),
     cache: Path = typer.Option(Path("data/cache/sdists"), help="Where sdists are downloaded once and kept."),
-    index_url: Optional[str] = typer.Option(None, help="Package index (simple API) [default: pip's own index-url]."),
+    index_url: Optional[str] = typer.Option(None, help="Package index, simple API (default: the index-url pip uses)."),
     offline: bool = typer.Option(False, help="Use only sdists already in --cache; never download."),
     near_threshold: float = typer.Option(0.85, help="MinHash Jaccard estimate at or above which a file is a near duplicate."),
     vocab_size: int = typer.Option(8192, help="Vocabulary size of a newly trained tokenizer."),
     tokenizer: Optional[Path] = typer.Option(None, help="Reuse this tokenizer.json instead of training one "
-                                             "[default with --source pypi: the bundled coder-tiny tokenizer]."),
+                                             "(default with --source pypi: the bundled coder-tiny tokenizer)."),
     new_tokenizer: bool = typer.Option(False, help="Train a new tokenizer even with --source pypi."),
     val_percent: float = typer.Option(2.0, help="Share of files (by path hash) held out for validation."),
 ):
