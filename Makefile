@@ -34,7 +34,7 @@ data: install
 	$(BIN)/quicksilver data build --out data/stdlib-8k --vocab-size 8192
 
 # The larger code corpus (docs/corpus.md): stdlib + pinned PyPI sdists, deduplicated, with the bundled
-# models' tokenizer.  Downloads the sdists once into data/cache/sdists (about 0.35 GB).
+# models' tokenizer.  Downloads the sdists once into data/cache/sdists (about 0.44 GB).
 data-code: install
 	$(BIN)/quicksilver data build --source stdlib --source pypi --out data/code-8k
 
