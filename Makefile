@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
 PROMPT ?= def fibonacci(n):
 
-.PHONY: demo test install install-dev chromium data train-tiny clean
+.PHONY: demo test install install-dev chromium data data-code train-tiny clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ test: install-dev
 # The recipe of the bundled models (see docs/models.md): corpus, then both runs side by side.
 data: install
 	$(BIN)/quicksilver data build --out data/stdlib-8k --vocab-size 8192
+
+# The larger code corpus (docs/corpus.md): stdlib + pinned PyPI sdists, deduplicated, with the bundled
+# models' tokenizer.  Downloads the sdists once into data/cache/sdists (about 0.44 GB).
+data-code: install
+	$(BIN)/quicksilver data build --source stdlib --source pypi --out data/code-8k
 
 train-tiny: data
 	$(BIN)/quicksilver train configs/coder-tiny.toml --resume --no-progress > runs-coder-tiny.log 2>&1 & \

@@ -256,46 +256,92 @@ def serve(
 @user_errors
 def data_build(
     out: Path = typer.Option(Path("data/stdlib-8k"), help="Output dataset folder."),
-    stdlib: bool = typer.Option(True, "--stdlib/--no-stdlib", help="Include this Python's standard library."),
+    source: List[str] = typer.Option([], "--source", help="Corpus source, repeatable: stdlib, pypi. "
+                                     "With --source, exact and near duplicates are dropped."),
+    stdlib: bool = typer.Option(True, "--stdlib/--no-stdlib", help="Include this Python's standard library (without --source)."),
     folder: List[Path] = typer.Option([], help="Also include every text/code file under this folder."),
+    packages: Optional[Path] = typer.Option(None, help="Pinned sdist list of the pypi source (default: the bundled "
+                                            "src/quicksilver/data/pypi_packages.toml)."),
+    cache: Path = typer.Option(Path("data/cache/sdists"), help="Where sdists are downloaded once and kept."),
+    index_url: Optional[str] = typer.Option(None, help="Package index, simple API (default: the index-url pip uses)."),
+    offline: bool = typer.Option(False, help="Use only sdists already in --cache; never download."),
+    near_threshold: float = typer.Option(0.85, help="MinHash Jaccard estimate at or above which a file is a near duplicate."),
     vocab_size: int = typer.Option(8192, help="Vocabulary size of a newly trained tokenizer."),
-    tokenizer: Optional[Path] = typer.Option(None, help="Reuse this tokenizer.json instead of training one."),
+    tokenizer: Optional[Path] = typer.Option(None, help="Reuse this tokenizer.json instead of training one "
+                                             "(default with --source pypi: the bundled coder-tiny tokenizer)."),
+    new_tokenizer: bool = typer.Option(False, help="Train a new tokenizer even with --source pypi."),
     val_percent: float = typer.Option(2.0, help="Share of files (by path hash) held out for validation."),
 ):
-    """Build a tokenized corpus: stdlib and/or folders → tokenizer → uint16 shards."""
+    """Build a tokenized corpus: stdlib, pinned PyPI sdists and/or folders → dedupe → uint16 shards."""
     import itertools
+    import time
 
-    from rich.progress import Progress, SpinnerColumn, TextColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+    from .checkpoint import BUNDLED_DIR
     from .data import build_dataset, folder_source, stdlib_source
+    from .data.dedupe import MinHashConfig
+    from .data.pypi import load_packages
+    from .data.sdist import PypiSource
     from .tokenizer import Tokenizer
 
-    if not stdlib and not folder:
-        raise UserError("nothing to build: give --folder or keep --stdlib")
+    unknown = sorted(set(source) - {"stdlib", "pypi"})
+    if unknown:
+        raise UserError(f"unknown --source {unknown[0]}: choose stdlib or pypi")
+    use_stdlib = "stdlib" in source if source else stdlib
+    if not use_stdlib and "pypi" not in source and not folder:
+        raise UserError("nothing to build: give --source, --folder or keep --stdlib")
     for f in folder:
         if not f.is_dir():
             raise UserError(f"{f} is not a folder")
     if not 256 < vocab_size < 65536:
         raise UserError("--vocab-size must be between 257 and 65535")
-    sources = ([stdlib_source()] if stdlib else []) + [folder_source(f) for f in folder]
+    if not 0 < near_threshold <= 1:
+        raise UserError("--near-threshold must be in (0, 1]")
+    if tokenizer is None and "pypi" in source and not new_tokenizer:
+        tokenizer = BUNDLED_DIR / "coder-tiny" / "tokenizer.json"  # keep the bundled models' vocabulary
+    if tokenizer is not None and new_tokenizer:
+        raise UserError("give either --tokenizer or --new-tokenizer, not both")
     tok = Tokenizer.from_file(tokenizer) if tokenizer else None
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.completed:,} files"),
-                  console=console) as bar:
-        read = bar.add_task("reading", total=None)
-        tokenize = bar.add_task("tokenizing", total=None, visible=False)
+    started = time.perf_counter()
+    extra: dict = {}
+    with Progress(SpinnerColumn(), TextColumn("{task.description:<11}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console) as bar:
+        tasks: dict[str, int] = {}
 
         def progress(stage: str, n: int) -> None:
-            if stage == "read":
-                bar.advance(read, n)
+            total = stage.startswith("total:")
+            stage = stage.removeprefix("total:")
+            if stage not in tasks:
+                tasks[stage] = bar.add_task({"download": "downloading", "read": "reading", "dedupe": "deduplicating",
+                                             "tokenize": "tokenizing"}.get(stage, stage), total=None)
+            if total:
+                bar.update(tasks[stage], total=n)
             else:
-                bar.update(read, description="read")
-                bar.update(tokenize, visible=True)
-                bar.advance(tokenize, n)
+                bar.advance(tasks[stage], n)
 
+        sources = [stdlib_source()] if use_stdlib else []
+        if "pypi" in source:
+            from importlib.resources import files
+            pinned = load_packages(packages or files("quicksilver.data") / "pypi_packages.toml")
+            pypi = PypiSource(pinned, cache, index_url=index_url, progress=progress, offline=offline)
+            sources.append(pypi)
+            extra["pypi"] = {"packages": pypi.report}
+        sources += [folder_source(f) for f in folder]
+        near = MinHashConfig(threshold=near_threshold) if source else None
         meta = build_dataset(itertools.chain(*sources), out, tokenizer=tok, vocab_size=vocab_size,
-                             val_percent=val_percent, progress=progress)
+                             val_percent=val_percent, progress=progress, near_dedupe=near, extra_meta=extra)
     console.print(f"{out}: {meta['tokens']['train']:,} train and {meta['tokens']['val']:,} validation tokens "
-                  f"from {sum(meta['documents'].values()):,} files (vocabulary {meta['vocab_size']:,})")
+                  f"from {sum(meta['documents'].values()):,} files (vocabulary {meta['vocab_size']:,}) "
+                  f"in {time.perf_counter() - started:,.0f} s")
+    for name, row in meta["per_source"].items():
+        console.print(f"  {name}: {row['files']:,} files, {row['bytes']:,} bytes, {row['tokens']:,} tokens")
+    console.print(f"  duplicates dropped: {meta['exact_duplicates_dropped']:,} exact, "
+                  f"{meta['near_duplicates_dropped']:,} near")
+    console.print("  licenses: " + ", ".join(f"{k} {v:,}" for k, v in meta["licenses"].items()))
+    unpinned = [n for n, r in extra.get("pypi", {}).get("packages", {}).items() if not r["pinned"]]
+    if unpinned:
+        console.print(f"  unpinned (copy their sha256 from meta.json into the package list): {', '.join(unpinned)}")
 
 
 def main() -> None:
