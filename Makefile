@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
 PROMPT ?= def fibonacci(n):
 
-.PHONY: demo test install install-dev data train-tiny clean
+.PHONY: demo test install install-dev chromium data data-code train-tiny clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,14 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 	touch $@
 
 install: $(VENV)/.installed
-install-dev: $(VENV)/.installed-dev
+install-dev: $(VENV)/.installed-dev chromium
+
+# The playground test drives Debian's chromium through Playwright (Playwright's own browser download
+# cannot work offline). Installed once when missing; without root or apt the test skips and says why.
+chromium:
+	@[ -x /usr/bin/chromium ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "note: could not install chromium (needs root and apt-get); the playground test will be skipped"
 
 demo: install
 	$(BIN)/quicksilver generate "$(PROMPT)" --model coder-tiny --max-new-tokens 96 --block-length 32
@@ -32,6 +39,11 @@ test: install-dev
 # The recipe of the bundled models (see docs/models.md): corpus, then both runs side by side.
 data: install
 	$(BIN)/quicksilver data build --out data/stdlib-8k --vocab-size 8192
+
+# The larger code corpus (docs/corpus.md): stdlib + pinned PyPI sdists, deduplicated, with the bundled
+# models' tokenizer.  Downloads the sdists once into data/cache/sdists (about 0.44 GB).
+data-code: install
+	$(BIN)/quicksilver data build --source stdlib --source pypi --out data/code-8k
 
 train-tiny: data
 	$(BIN)/quicksilver train configs/coder-tiny.toml --resume --no-progress > runs-coder-tiny.log 2>&1 & \

@@ -51,3 +51,13 @@ def tiny_model(seed: int = 0, **overrides) -> Transformer:
     model = Transformer(tiny_config(**overrides))
     model.reset_parameters(seed=seed)
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def cli_server(tmp_path_factory):
+    """``quicksilver serve --model coder-tiny --api-key ...`` as a subprocess (tests/live_server.py),
+    started once for the playground and load-benchmark tests."""
+    from live_server import CLI_SERVER_KEY, live_server
+
+    with live_server(tmp_path_factory.mktemp("cli-server"), api_key=CLI_SERVER_KEY) as server:
+        yield server

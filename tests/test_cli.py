@@ -112,6 +112,8 @@ def test_data_build_from_a_folder(tmp_path):
     ("--steps", "0", "steps must be a positive integer"),
     ("--block-length", "0", "block_length must be a positive integer"),
     ("--temperature", "-1", "temperature must be zero or positive"),
+    ("--commit", "greedy", "commit must be one of"),
+    ("--cache", "full", "cache must be one of"),
 ])
 def test_bad_decoding_options_print_only_the_error(option, value, fragment):
     result = run("generate", "def f(x):", option, value)
@@ -121,3 +123,22 @@ def test_bad_decoding_options_print_only_the_error(option, value, fragment):
 
 def test_export_of_a_missing_run(tmp_path):
     assert_user_error(run("export", str(tmp_path / "nope"), str(tmp_path / "out")), "no run folder")
+
+
+def test_generate_with_fast_decoding_matches_the_api():
+    """The CLI's decoding options reach the sampler: same text and forward passes as the Python API."""
+    import re
+
+    import quicksilver
+
+    args = dict(commit="threshold", threshold=0.5, cache="dual", refresh="incremental", early_stop=True)
+    result = run("generate", "def add(a, b):", "--max-new-tokens", "32", "--no-live", "--commit", "threshold",
+                 "--threshold", "0.5", "--cache", "dual", "--refresh", "incremental", "--early-stop")
+    assert result.returncode == 0, result.stderr
+    expected = quicksilver.load("coder-tiny", device="cpu").generate("def add(a, b):", max_new_tokens=32, **args)
+    assert result.stdout.startswith("def add(a, b):" + expected.text)
+    assert int(re.search(r"(\d+) forward passes", result.stdout).group(1)) == expected.nfe
+
+
+def test_serve_refuses_bad_threads_before_binding():
+    assert_user_error(run("serve", "--threads", "0"), "--threads must be a positive integer")

@@ -1,16 +1,20 @@
-"""The Python API: ``lm = quicksilver.load("coder-tiny"); lm.generate("def fib(n):")``."""
+"""The Python API: ``lm = quicksilver.load("coder-tiny"); lm.generate("def fib(n):")``.
+
+``LM`` is also the ``Backend`` (``backend.py``) that the engine and the server serve."""
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from .chat import render_chat
 from .checkpoint import load_model
 from .model import Transformer
 from .sampling import DecodePolicy, GenerationError, GenerationResult, StepEvent, generate
+from .sampling.infill import diffusion_infill
 from .tokenizer import Tokenizer
 
 
@@ -21,9 +25,94 @@ class LM:
     tokenizer: Tokenizer
     name: str
 
+    # The chat template; Quicksilver's own models carry none and use ``chat.DEFAULT_CHAT_TEMPLATE``.
+    chat_template: str | None = None
+
     @property
     def is_diffusion(self) -> bool:
         return not self.model.config.causal
+
+    # -- the Backend protocol ------------------------------------------------------------------
+    @property
+    def context_length(self) -> int:
+        return int(self.model.config.max_position_embeddings)
+
+    @property
+    def mask_id(self) -> int:
+        return int(self.model.config.mask_token_id)
+
+    @property
+    def eos_id(self) -> int:  # optional for a Backend: lets the engine stream text up to end of text
+        return int(self.model.config.eos_token_id)
+
+    @property
+    def stop_ids(self) -> list[int]:  # optional for a Backend: end of text and end of turn (LLaDA, Dream)
+        return [int(i) for i in getattr(self.model.config, "stop_ids", [self.model.config.eos_token_id])]
+
+    @property
+    def default_policy(self) -> DecodePolicy:
+        """What a server request gets when it names no decoding option: for a diffusion model the
+        threshold rule (commits every position the model is >= 90% sure of, at least one per step) with
+        early stop, which is several times faster than one token per step at nearly the same quality
+        (docs/benchmarks.md); greedy left-to-right decoding for the AR twin.  LLaDA and Dream get their
+        reference sampler (``sampling.presets.FAMILY_DEFAULTS``)."""
+        from .sampling.presets import FAMILY_DEFAULTS, preset_policy
+
+        family = FAMILY_DEFAULTS.get(getattr(self.model.config, "family", None))
+        if family:
+            return preset_policy(family)
+        if self.is_diffusion:
+            return DecodePolicy(block_length=32, commit="threshold", threshold=0.9, early_stop=True)
+        return DecodePolicy()
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    def token_text(self, token_id: int) -> str:
+        return self.tokenizer.token_text(token_id)
+
+    def render_chat(self, messages: Sequence[Mapping]) -> str:
+        if self.chat_template is None and hasattr(self.tokenizer, "render_chat"):
+            return self.tokenizer.render_chat(messages)  # the model's own template (tokenizer_config.json)
+        return render_chat(messages, self.chat_template)
+
+    def generate_ids(self, prompts: list[list[int]], policy: DecodePolicy,
+                     on_step: Callable[[StepEvent], None] | None = None) -> GenerationResult:
+        result = generate(self.model, prompts, policy, on_step=on_step)
+        result.texts = [self.tokenizer.decode(row) for row in result.ids]
+        return result
+
+    def infill_ids(self, prefix: list[int], suffix: list[int], policy: DecodePolicy,
+                   on_step: Callable[[StepEvent], None] | None = None) -> GenerationResult:
+        """Diffusion: masks between prefix and suffix (``sampling.infill``).  AR twin: its
+        prefix-suffix-middle format, ``<fim_prefix> prefix <fim_suffix> suffix <fim_middle>``."""
+        import time
+
+        cfg = self.model.config
+        if not self.is_diffusion:
+            return self.generate_ids([[cfg.fim_prefix_id, *prefix, cfg.fim_suffix_id, *suffix, cfg.fim_middle_id]],
+                                     policy, on_step)
+        if not prefix and not suffix:
+            raise GenerationError("the prompt is empty")
+        policy.validate()
+        start = time.perf_counter()
+        fills, forwards = diffusion_infill(self.model, [prefix], [suffix], policy.max_new_tokens, policy, on_step)
+        ids = fills[0]
+        return GenerationResult(ids=[ids], texts=[self.tokenizer.decode(ids)], nfe=forwards[0],
+                                generated_tokens=len(ids), seconds=time.perf_counter() - start,
+                                finished=[len(ids) < policy.max_new_tokens], row_forwards=forwards[0])
+
+    def decoder(self, policy: DecodePolicy):
+        """Step-level batching (optional capability the engine looks for): a ``BlockDecoder`` that
+        rows join at block boundaries.  None for the AR twin, which the engine serves by ``generate_ids``."""
+        if not self.is_diffusion:
+            return None
+        from .sampling.diffusion import BlockDecoder
+
+        return BlockDecoder(self.model, policy)
 
     def encode_prompt(self, prompt: str) -> list[int]:
         if not isinstance(prompt, str) or not prompt.strip():
@@ -54,8 +143,35 @@ class LM:
 
 
 def load(name_or_path: str | os.PathLike = "coder-tiny", device: str | None = None,
-         dtype: torch.dtype | None = torch.float32) -> LM:
-    """Load a bundled model by name or a checkpoint folder."""
+         dtype: torch.dtype | None = torch.float32, progress: bool | None = None):
+    """Load a bundled model by name, a checkpoint folder or a Hugging Face Hub id; the family comes
+    from its config.json.  Quicksilver, LLaDA and Dream give an ``LM`` (Quicksilver's own model
+    code); DiffusionGemma, which runs in transformers, gives its ``DiffusionGemmaBackend``."""
+    from .checkpoint import resolve_model_path
+    from .families import family_of, read_config
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer = load_model(name_or_path, device=device, dtype=dtype)
+    folder = resolve_model_path(name_or_path)
+    if family_of(read_config(folder)) == "diffusion_gemma":
+        from .families.diffusion_gemma import DiffusionGemmaBackend
+        return DiffusionGemmaBackend.from_folder(folder, name=str(name_or_path), device=device, dtype=dtype)
+    model, tokenizer = load_model(folder, device=device, dtype=dtype, progress=progress)
+    return LM(model, tokenizer, str(name_or_path))
+
+
+def load_backend(name_or_path: str | os.PathLike = "coder-tiny", device: str | None = None,
+                 dtype: torch.dtype | None = None, progress: bool | None = None):
+    """What the engine serves (``backend.Backend``) for any supported folder: Quicksilver's own code
+    for Quicksilver, LLaDA and Dream checkpoints; transformers for DiffusionGemma.  ``dtype`` None
+    keeps the checkpoint's (float32 for the bundled models' bf16 weights on CPU)."""
+    from .checkpoint import resolve_model_path
+    from .families import family_of, read_config
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    folder = resolve_model_path(name_or_path)
+    family = family_of(read_config(folder))
+    if family == "diffusion_gemma":
+        from .families.diffusion_gemma import DiffusionGemmaBackend
+        return DiffusionGemmaBackend.from_folder(folder, name=str(name_or_path), device=device, dtype=dtype)
+    if family == "quicksilver" and dtype is None:
+        dtype = torch.float32
+    model, tokenizer = load_model(folder, device=device, dtype=dtype, progress=progress)
     return LM(model, tokenizer, str(name_or_path))

@@ -42,6 +42,9 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
         return path
     if path.exists():
         raise CheckpointError(f"{path} is a file; --model takes a bundled model name or a checkpoint folder")
+    from .families.hub import download, looks_like_hub_id
+    if looks_like_hub_id(text):  # org/name and no such local folder: the Hugging Face Hub
+        return download(text)
     names = ", ".join(bundled_models()) or "none installed"
     raise CheckpointError(f"unknown model '{text}': not a bundled model ({names}) nor an existing folder")
 
@@ -127,12 +130,24 @@ def load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cpu",
-               dtype: torch.dtype | None = None) -> tuple[Transformer, Tokenizer]:
-    """Model and tokenizer from a bundled name or a Quicksilver checkpoint folder."""
+               dtype: torch.dtype | None = None, progress: bool | None = None) -> tuple[Transformer, Tokenizer]:
+    """Model and tokenizer from a bundled name, a checkpoint folder or a Hub id.
+
+    The folder's ``config.json`` says the family: Quicksilver's own, or LLaDA / Dream (loaded into
+    Quicksilver's model code by ``families``, with their own tokenizer; ``progress`` shows a bar).
+    """
     folder = resolve_model_path(name_or_path)
     cfg_file = folder / "config.json"
     if not cfg_file.is_file():
         raise CheckpointError(f"{folder} is not a checkpoint folder: it has no config.json")
+    from .families import family_of, load_native_family, read_config
+    raw = read_config(folder)
+    family = family_of(raw)
+    if family == "diffusion_gemma":
+        raise CheckpointError(f"{folder} is a DiffusionGemma checkpoint, which runs in transformers: load it with "
+                              "quicksilver.api.load_backend")
+    if family != "quicksilver":
+        return load_native_family(folder, raw, device=device, dtype=dtype, progress=progress)
     try:
         cfg = ModelConfig.load(cfg_file)
     except (ConfigError, TypeError) as e:

@@ -27,6 +27,7 @@ class UserError(Exception):
 
 def user_errors(fn):
     """Report the errors a user can cause as 'error: <sentence>' with exit code 2, never a traceback."""
+    from .chat import ChatTemplateError
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data.shards import DatasetError
@@ -34,7 +35,7 @@ def user_errors(fn):
     from .tokenizer import TokenizerError
 
     expected = (UserError, CheckpointError, ConfigError, DatasetError, GenerationError, TokenizerError,
-                FileNotFoundError)
+                ChatTemplateError, FileNotFoundError)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -68,39 +69,70 @@ def _parse_overrides(items: list[str]) -> dict:
 @user_errors
 def generate(
     prompt: str = typer.Argument(..., help="Text to complete, e.g. 'def fib(n):'."),
-    model: str = typer.Option("coder-tiny", "--model", "-m", help="Bundled model name or checkpoint folder."),
-    max_new_tokens: int = typer.Option(128, help="Most tokens to generate."),
+    model: str = typer.Option("coder-tiny", "--model", "-m",
+                              help="Bundled model name, checkpoint folder (Quicksilver, LLaDA, Dream, DiffusionGemma) "
+                                   "or Hugging Face Hub id."),
+    max_new_tokens: Optional[int] = typer.Option(None, help="Most tokens to generate (default 128, or the preset's)."),
     steps: Optional[int] = typer.Option(None, help="Diffusion forward passes in all (default: one per token)."),
-    block_length: int = typer.Option(32, help="Diffusion block length: positions decoded together."),
-    temperature: float = typer.Option(0.0, help="0 is greedy."),
-    top_p: float = typer.Option(1.0, help="Nucleus sampling threshold."),
+    block_length: Optional[int] = typer.Option(None, help="Diffusion block length: positions decoded together "
+                                                          "(default 32, or the preset's)."),
+    temperature: Optional[float] = typer.Option(None, help="0 is greedy (default 0, or the preset's)."),
+    top_p: Optional[float] = typer.Option(None, help="Nucleus sampling threshold (default 1)."),
     seed: Optional[int] = typer.Option(None, help="Random seed for sampling at temperature > 0."),
+    preset: Optional[str] = typer.Option(None, help="A family's reference sampler: llada, llada-pure, dream-entropy, "
+                                                    "dream-margin, dream-maskgit-plus (default: the model's own)."),
+    commit: Optional[str] = typer.Option(None, help="Diffusion commit rule: fixed (the reference schedule), threshold, "
+                                         "factor or entropy (commit as many positions per step as the model is sure of)."),
+    threshold: Optional[float] = typer.Option(None, help="--commit threshold: commit every position scored above this "
+                                                         "(default 0.9)."),
+    factor: Optional[float] = typer.Option(None, help="--commit factor: Fast-dLLM's factor (default 1)."),
+    entropy_bound: Optional[float] = typer.Option(None, help="--commit entropy: summed entropy (nats) per step "
+                                                             "(default 0.5)."),
+    score: Optional[str] = typer.Option(None, help="How positions are ranked: probability, margin or entropy."),
+    cache: Optional[str] = typer.Option(None, help="Diffusion KV cache: none, prefix or dual."),
+    refresh: Optional[str] = typer.Option(None, help="How a cached block starts: full or incremental."),
+    early_stop: Optional[bool] = typer.Option(None, "--early-stop/--no-early-stop",
+                                              help="Stop as soon as end of text is final (no pass on trailing padding)."),
+    chat: bool = typer.Option(False, "--chat", help="Send PROMPT as a user message through the model's chat template."),
     live: bool = typer.Option(True, "--live/--no-live", help="Show the canvas being refined."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
 ):
-    """Complete PROMPT, showing the diffusion canvas fill in step by step."""
-    from .api import load
-    from .live import CanvasView
-    from .sampling import DecodePolicy
+    """Complete PROMPT, showing the diffusion canvas fill in step by step.
 
-    if max_new_tokens <= 0:
+    Options left out come from --preset, else from the model's default decoding (for LLaDA and Dream
+    their reference sampler; for Quicksilver's diffusion models the threshold rule at 0.9 with early stop,
+    as the server uses; --steps alone selects the fixed schedule)."""
+    import dataclasses
+
+    from .api import load_backend
+    from .live import CanvasView
+    from .sampling import DecodePolicy, preset_policy
+
+    if max_new_tokens is not None and max_new_tokens <= 0:
         raise UserError("--max-new-tokens must be a positive integer")
     if not prompt.strip():
         raise UserError("the prompt is empty")
-    # Check the decoding options before anything is drawn, so a bad option prints only its error.
-    DecodePolicy(max_new_tokens=max_new_tokens, block_length=block_length, steps=steps, temperature=temperature,
-                 top_p=top_p, seed=seed).validate()
-    lm = load(model, device=device)
+    options = dict(max_new_tokens=max_new_tokens, steps=steps, block_length=block_length, temperature=temperature,
+                   top_p=top_p, seed=seed, commit=commit, threshold=threshold, factor=factor,
+                   entropy_bound=entropy_bound, score=score, cache=cache, refresh=refresh, early_stop=early_stop)
+    given = {k: v for k, v in options.items() if v is not None}
+    if steps is not None and commit is None:
+        given["commit"] = "fixed"  # a step count only means something for the fixed schedule
+    # Check the decoding options before anything is loaded or drawn, so a bad option prints only its error.
+    (preset_policy(preset, **given) if preset is not None else dataclasses.replace(DecodePolicy(), **given)).validate()
+    lm = load_backend(model, device=device)
+    policy = preset_policy(preset, **given) if preset is not None else dataclasses.replace(lm.default_policy, **given)
+    policy.validate()
+    text = lm.render_chat([{"role": "user", "content": prompt}]) if chat else prompt
+    ids = [lm.encode(text)]
     view = CanvasView(lm.tokenizer, prompt, console) if live else None
     if view:
         with view:
-            result = lm.generate(prompt, max_new_tokens=max_new_tokens, steps=steps, block_length=block_length,
-                                 temperature=temperature, top_p=top_p, seed=seed, on_step=view.update)
+            result = lm.generate_ids(ids, policy, on_step=view.update)
             view.finish(result)
     else:
-        result = lm.generate(prompt, max_new_tokens=max_new_tokens, steps=steps, block_length=block_length,
-                             temperature=temperature, top_p=top_p, seed=seed)
-        console.print(prompt + result.text, highlight=False, markup=False, soft_wrap=True)
+        result = lm.generate_ids(ids, policy)
+        console.print(prompt + ("\n" if chat else "") + result.text, highlight=False, markup=False, soft_wrap=True)
     kind = "diffusion" if lm.is_diffusion else "autoregressive"
     console.print(f"[dim]{lm.name} ({kind}): {result.stats_line()}[/]", highlight=False, soft_wrap=True)
 
@@ -168,51 +200,151 @@ def models():
         console.print(f"{name}\t{kind}\t{cfg.num_hidden_layers} layers × {cfg.hidden_size}")
 
 
+
+# -- serve (the OpenAI-compatible server and the playground; see docs/serving.md) -------------------
+@app.command()
+@user_errors
+def serve(
+    model: str = typer.Option("coder-tiny", "--model", "-m",
+                              help="Bundled model name, checkpoint folder (Quicksilver, LLaDA, Dream, DiffusionGemma) "
+                                   "or Hugging Face Hub id."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)."),
+    port: int = typer.Option(8000, help="TCP port."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="QUICKSILVER_API_KEY", show_envvar=True,
+                                          help="Require 'Authorization: Bearer KEY' on /v1/*."),
+    cors_origin: List[str] = typer.Option([], "--cors-origin", help="Allow this browser origin (repeatable); CORS is off by default."),
+    max_batch: int = typer.Option(8, help="Rows decoded together (a request takes n rows)."),
+    max_queue: int = typer.Option(64, help="Requests that may wait; past it the server answers 429."),
+    max_n: int = typer.Option(4, help="Most choices (n) per request."),
+    time_limit: float = typer.Option(120.0, help="Seconds a request may decode before it is cut off."),
+    max_body: int = typer.Option(1_000_000, help="Largest request body in bytes (413 past it)."),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
+    log_level: str = typer.Option("info", help="uvicorn log level."),
+    threads: Optional[int] = typer.Option(None, help="torch threads for decoding (default: torch's choice; on a "
+                                                     "busy CPU 1 is often faster)."),
+):
+    """Serve MODEL over the OpenAI API (completions, chat, streaming with diffusion drafts) and the
+    playground page at http://HOST:PORT/."""
+    from .checkpoint import resolve_model_path
+
+    try:
+        import uvicorn
+
+        from .server import ServerSettings, create_app
+    except ImportError:
+        raise UserError("the server needs FastAPI and uvicorn: pip install 'quicksilver-lm[serve]'") from None
+    resolve_model_path(model)  # a missing model is an error now, not after the socket is up
+    if min(max_batch, max_queue, max_n, max_body) < 1 or time_limit <= 0:
+        raise UserError("--max-batch, --max-queue, --max-n, --max-body and --time-limit must be positive")
+    if not 0 < port < 65536:
+        raise UserError(f"--port must be between 1 and 65535, got {port}")
+    if threads is not None and threads <= 0:
+        raise UserError("--threads must be a positive integer")
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        err_console.print(f"warning: listening on {host} without an API key: anyone who can reach this port can "
+                          "use the model (set --api-key or QUICKSILVER_API_KEY)", style="yellow")
+    settings = ServerSettings(model=model, api_key=api_key or None, cors_origins=tuple(cor for cor in cors_origin),
+                              max_batch=max_batch, max_queue=max_queue, max_n=max_n, time_limit_s=time_limit,
+                              max_body=max_body, device=device)
+    console.print(f"serving {model} on http://{host}:{port}/ (OpenAI API at /v1; "
+                  f"{'API key required' if api_key else 'no API key'})", highlight=False)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+
 # -- data -------------------------------------------------------------------------------------
 @data_app.command("build")
 @user_errors
 def data_build(
     out: Path = typer.Option(Path("data/stdlib-8k"), help="Output dataset folder."),
-    stdlib: bool = typer.Option(True, "--stdlib/--no-stdlib", help="Include this Python's standard library."),
+    source: List[str] = typer.Option([], "--source", help="Corpus source, repeatable: stdlib, pypi. "
+                                     "With --source, exact and near duplicates are dropped."),
+    stdlib: bool = typer.Option(True, "--stdlib/--no-stdlib", help="Include this Python's standard library (without --source)."),
     folder: List[Path] = typer.Option([], help="Also include every text/code file under this folder."),
+    packages: Optional[Path] = typer.Option(None, help="Pinned sdist list of the pypi source (default: the bundled "
+                                            "src/quicksilver/data/pypi_packages.toml)."),
+    cache: Path = typer.Option(Path("data/cache/sdists"), help="Where sdists are downloaded once and kept."),
+    index_url: Optional[str] = typer.Option(None, help="Package index, simple API (default: the index-url pip uses)."),
+    offline: bool = typer.Option(False, help="Use only sdists already in --cache; never download."),
+    near_threshold: float = typer.Option(0.85, help="MinHash Jaccard estimate at or above which a file is a near duplicate."),
     vocab_size: int = typer.Option(8192, help="Vocabulary size of a newly trained tokenizer."),
-    tokenizer: Optional[Path] = typer.Option(None, help="Reuse this tokenizer.json instead of training one."),
+    tokenizer: Optional[Path] = typer.Option(None, help="Reuse this tokenizer.json instead of training one "
+                                             "(default with --source pypi: the bundled coder-tiny tokenizer)."),
+    new_tokenizer: bool = typer.Option(False, help="Train a new tokenizer even with --source pypi."),
     val_percent: float = typer.Option(2.0, help="Share of files (by path hash) held out for validation."),
 ):
-    """Build a tokenized corpus: stdlib and/or folders → tokenizer → uint16 shards."""
+    """Build a tokenized corpus: stdlib, pinned PyPI sdists and/or folders → dedupe → uint16 shards."""
     import itertools
+    import time
 
-    from rich.progress import Progress, SpinnerColumn, TextColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+    from .checkpoint import BUNDLED_DIR
     from .data import build_dataset, folder_source, stdlib_source
+    from .data.dedupe import MinHashConfig
+    from .data.pypi import load_packages
+    from .data.sdist import PypiSource
     from .tokenizer import Tokenizer
 
-    if not stdlib and not folder:
-        raise UserError("nothing to build: give --folder or keep --stdlib")
+    unknown = sorted(set(source) - {"stdlib", "pypi"})
+    if unknown:
+        raise UserError(f"unknown --source {unknown[0]}: choose stdlib or pypi")
+    use_stdlib = "stdlib" in source if source else stdlib
+    if not use_stdlib and "pypi" not in source and not folder:
+        raise UserError("nothing to build: give --source, --folder or keep --stdlib")
     for f in folder:
         if not f.is_dir():
             raise UserError(f"{f} is not a folder")
     if not 256 < vocab_size < 65536:
         raise UserError("--vocab-size must be between 257 and 65535")
-    sources = ([stdlib_source()] if stdlib else []) + [folder_source(f) for f in folder]
+    if not 0 < near_threshold <= 1:
+        raise UserError("--near-threshold must be in (0, 1]")
+    if tokenizer is None and "pypi" in source and not new_tokenizer:
+        tokenizer = BUNDLED_DIR / "coder-tiny" / "tokenizer.json"  # keep the bundled models' vocabulary
+    if tokenizer is not None and new_tokenizer:
+        raise UserError("give either --tokenizer or --new-tokenizer, not both")
     tok = Tokenizer.from_file(tokenizer) if tokenizer else None
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.completed:,} files"),
-                  console=console) as bar:
-        read = bar.add_task("reading", total=None)
-        tokenize = bar.add_task("tokenizing", total=None, visible=False)
+    started = time.perf_counter()
+    extra: dict = {}
+    with Progress(SpinnerColumn(), TextColumn("{task.description:<11}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console) as bar:
+        tasks: dict[str, int] = {}
 
         def progress(stage: str, n: int) -> None:
-            if stage == "read":
-                bar.advance(read, n)
+            total = stage.startswith("total:")
+            stage = stage.removeprefix("total:")
+            if stage not in tasks:
+                tasks[stage] = bar.add_task({"download": "downloading", "read": "reading", "dedupe": "deduplicating",
+                                             "tokenize": "tokenizing"}.get(stage, stage), total=None)
+            if total:
+                bar.update(tasks[stage], total=n)
             else:
-                bar.update(read, description="read")
-                bar.update(tokenize, visible=True)
-                bar.advance(tokenize, n)
+                bar.advance(tasks[stage], n)
 
+        sources = [stdlib_source()] if use_stdlib else []
+        if "pypi" in source:
+            from importlib.resources import files
+            pinned = load_packages(packages or files("quicksilver.data") / "pypi_packages.toml")
+            pypi = PypiSource(pinned, cache, index_url=index_url, progress=progress, offline=offline)
+            sources.append(pypi)
+            extra["pypi"] = {"packages": pypi.report}
+        sources += [folder_source(f) for f in folder]
+        near = MinHashConfig(threshold=near_threshold) if source else None
         meta = build_dataset(itertools.chain(*sources), out, tokenizer=tok, vocab_size=vocab_size,
-                             val_percent=val_percent, progress=progress)
+                             val_percent=val_percent, progress=progress, near_dedupe=near, extra_meta=extra)
     console.print(f"{out}: {meta['tokens']['train']:,} train and {meta['tokens']['val']:,} validation tokens "
-                  f"from {sum(meta['documents'].values()):,} files (vocabulary {meta['vocab_size']:,})")
+                  f"from {sum(meta['documents'].values()):,} files (vocabulary {meta['vocab_size']:,}) "
+                  f"in {time.perf_counter() - started:,.0f} s")
+    for name, row in meta["per_source"].items():
+        console.print(f"  {name}: {row['files']:,} files, {row['bytes']:,} bytes, {row['tokens']:,} tokens")
+    console.print(f"  duplicates dropped: {meta['exact_duplicates_dropped']:,} exact, "
+                  f"{meta['near_duplicates_dropped']:,} near")
+    console.print("  licenses: " + ", ".join(f"{k} {v:,}" for k, v in meta["licenses"].items()))
+    unpinned = [n for n, r in extra.get("pypi", {}).get("packages", {}).items() if not r["pinned"]]
+    if unpinned:
+        console.print(f"  unpinned (copy their sha256 from meta.json into the package list): {', '.join(unpinned)}")
 
 
 @data_app.command("sft-from-code")

@@ -27,6 +27,9 @@ class ModelConfig:
     # True when position i predicts token i+1 (AR models, and Dream-style adapted diffusion models).
     logits_shift: bool = False
     attention_bias: bool = False
+    # Apply the rotary embedding in float32 even when the model runs in bf16 (LLaDA's
+    # rope_full_precision); by default it is applied in the model's dtype (Llama, Qwen2, ours).
+    rope_fp32: bool = False
     tie_word_embeddings: bool = False
     family: str = "quicksilver"
     # Special token ids (filled from the tokenizer when a model is created).
@@ -36,6 +39,9 @@ class ModelConfig:
     fim_prefix_id: int = 3
     fim_suffix_id: int = 4
     fim_middle_id: int = 5
+    # Ids besides eos_token_id that end a generation the same way (end of turn: LLaDA's <|eot_id|>,
+    # Dream's <|im_end|>).  Quicksilver's own models have none.
+    stop_token_ids: list = field(default_factory=list)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -53,6 +59,11 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
+
+    @property
+    def stop_ids(self) -> list[int]:
+        """Every id that ends a generation: end of text first, then the end-of-turn ids."""
+        return [self.eos_token_id] + [i for i in self.stop_token_ids if i != self.eos_token_id]
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

@@ -95,7 +95,10 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(b, n, cfg.num_attention_heads, cfg.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, n, cfg.num_key_value_heads, cfg.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, n, cfg.num_key_value_heads, cfg.head_dim).transpose(1, 2)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cos.dtype != q.dtype:  # rope_fp32: rotate in float32, continue in the model's dtype
+            q, k = apply_rotary(q.float(), cos, sin).to(q.dtype), apply_rotary(k.float(), cos, sin).to(k.dtype)
+        else:
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.extend(layer, k, v)
         rep = cfg.num_attention_heads // cfg.num_key_value_heads
@@ -216,7 +219,8 @@ class Transformer(nn.Module):
         if positions is None:
             positions = torch.arange(past, past + n, device=input_ids.device).expand(b, n)
         x = self.embed_tokens(input_ids)
-        cos, sin = rotary_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
+        rope_dtype = torch.float32 if getattr(self.config, "rope_fp32", False) else x.dtype
+        cos, sin = rotary_cos_sin(positions, self.config.head_dim, self.config.rope_theta, rope_dtype)
         mask, is_causal = build_attention_mask(self.config, n, past, attention_mask, input_ids.device)
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, mask, is_causal, cache, i)

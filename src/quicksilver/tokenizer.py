@@ -1,6 +1,7 @@
 """Byte-level BPE tokenizer (Hugging Face ``tokenizers``) with Quicksilver's special tokens."""
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -102,3 +103,102 @@ class Tokenizer:
     def iter_token_texts(self, ids: Iterable[int]) -> Iterator[str]:
         for i in ids:
             yield self.token_text(int(i))
+
+
+# -- external tokenizers (LLaDA, Dream, ...) ---------------------------------------------------------
+def _token_content(value) -> str | None:
+    """A special token as tokenizer_config.json writes it: a string or {"content": ...}."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+class ExternalTokenizer:
+    """A Hugging Face ``tokenizer.json`` + ``tokenizer_config.json`` with the special ids a model's
+    config names (they need not be Quicksilver's own specials).  Same surface as ``Tokenizer``
+    (encode, decode, token_text, the special ids) plus the chat template and ``render_chat``."""
+
+    def __init__(self, hf: HFTokenizer, mask_id: int, eos_id: int, pad_id: int, settings: dict | None = None,
+                 stop_ids: Iterable[int] = (), chat_template: str | None = None) -> None:
+        settings = settings or {}
+        self.hf = hf
+        self.vocab_size = hf.get_vocab_size(with_added_tokens=True)
+        self.mask_id, self.eos_id, self.pad_id = mask_id, eos_id, pad_id
+        self.stop_ids = [eos_id] + [i for i in stop_ids if i != eos_id]
+        self.bos_token = _token_content(settings.get("bos_token"))
+        self.eos_token = _token_content(settings.get("eos_token")) or self.token_text(eos_id)
+        self.bos_id = hf.token_to_id(self.bos_token) if self.bos_token else None
+        self.add_bos = bool(settings.get("add_bos_token", False)) and self.bos_id is not None
+        self.chat_template = chat_template
+        specials = {i for i, tok in hf.get_added_tokens_decoder().items() if tok.special}
+        self.special_ids = frozenset(specials | {mask_id, eos_id, pad_id})
+        # Quicksilver's infilling tokens: an external tokenizer has none.
+        self.fim_prefix_id = self.fim_suffix_id = self.fim_middle_id = -1
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, mask_id: int, eos_id: int, pad_id: int,
+                    stop_tokens: Iterable[str] = (), stop_ids: Iterable[int] = ()) -> "ExternalTokenizer":
+        """``stop_tokens``: token strings (e.g. '<|eot_id|>') that end a turn, where the vocabulary has them."""
+        folder = Path(folder)
+        path = folder / "tokenizer.json"
+        if not path.is_file():
+            raise TokenizerError(f"no tokenizer file at {path} (a model folder needs its tokenizer.json)")
+        try:
+            hf = HFTokenizer.from_file(str(path))
+        except Exception as e:  # tokenizers raises bare Exceptions on malformed JSON
+            raise TokenizerError(f"{path} is not a valid tokenizer.json ({e})") from None
+        settings: dict = {}
+        config_path = folder / "tokenizer_config.json"
+        if config_path.is_file():
+            try:
+                settings = json.loads(config_path.read_text())
+            except json.JSONDecodeError as e:
+                raise TokenizerError(f"{config_path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+            if not isinstance(settings, dict):
+                raise TokenizerError(f"{config_path} must hold a JSON object")
+        template = settings.get("chat_template")
+        if isinstance(template, list):  # several named templates: take "default"
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            template = named.get("default") or next(iter(named.values()), None)
+        if (folder / "chat_template.jinja").is_file():  # newer exports keep the template in its own file
+            template = (folder / "chat_template.jinja").read_text()
+        turn_ids = [hf.token_to_id(t) for t in stop_tokens]
+        return cls(hf, mask_id, eos_id, pad_id, settings, list(stop_ids) + [i for i in turn_ids if i is not None],
+                   template if isinstance(template, str) else None)
+
+    def encode(self, text: str) -> list[int]:
+        ids = self.hf.encode(text, add_special_tokens=False).ids
+        if self.add_bos and not (ids and ids[0] == self.bos_id):
+            ids = [self.bos_id] + ids
+        return ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
+        """Text for any id sequence: ids outside the vocabulary are dropped; decoding never raises."""
+        clean = [int(i) for i in ids if 0 <= int(i) < self.vocab_size]
+        if skip_special:
+            clean = [i for i in clean if i not in self.special_ids]
+        try:
+            return self.hf.decode(clean, skip_special_tokens=False)
+        except Exception:
+            return "".join(self.token_text(i) for i in clean)
+
+    def token_text(self, token_id: int) -> str:
+        if not 0 <= token_id < self.vocab_size:
+            return ""
+        try:
+            return self.hf.decode([token_id], skip_special_tokens=False)
+        except Exception:
+            return ""
+
+    def iter_token_texts(self, ids: Iterable[int]) -> Iterator[str]:
+        for i in ids:
+            yield self.token_text(int(i))
+
+    def render_chat(self, messages, add_generation_prompt: bool = True) -> str:
+        """Prompt text for chat messages through the model's own template (sandboxed Jinja)."""
+        from .chat import render_chat
+        specials = {k: v for k, v in (("bos_token", self.bos_token), ("eos_token", self.eos_token)) if v}
+        return render_chat(messages, self.chat_template, add_generation_prompt, **specials)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import sysconfig
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ class Document:
     source: str
     path: str  # relative to the source root: the split key, stable across machines
     text: str
+    license: str = ""  # SPDX expression of the file's license, when known
+    origin: str = ""  # where it came from: "sympy==1.14.0", "python 3.11.7", a folder name
 
 
 def split_of(path: str, val_percent: float) -> str:
@@ -49,7 +52,8 @@ def stdlib_source() -> Iterator[Document]:
     for file in _walk(root, (".py",), ("site-packages", "dist-packages", "__pycache__")):
         text = _read_text(file)
         if text:
-            yield Document("stdlib", file.relative_to(root).as_posix(), text)
+            yield Document("stdlib", file.relative_to(root).as_posix(), text, license="PSF-2.0",
+                           origin=f"python {platform.python_version()}")
 
 
 def folder_source(folder: str | Path, suffixes: tuple[str, ...] = TEXT_SUFFIXES) -> Iterator[Document]:
@@ -60,4 +64,4 @@ def folder_source(folder: str | Path, suffixes: tuple[str, ...] = TEXT_SUFFIXES)
     for file in _walk(root, suffixes, ("__pycache__", "node_modules")):
         text = _read_text(file)
         if text:
-            yield Document(root.name, file.relative_to(root).as_posix(), text)
+            yield Document(root.name, file.relative_to(root).as_posix(), text, origin=root.name)

@@ -5,6 +5,7 @@ from collections.abc import Callable
 
 from .ar import generate_ar
 from .diffusion import generate_diffusion
+from .presets import PRESETS, preset_policy
 from .types import DecodePolicy, GenerationError, GenerationResult, StepEvent
 
 
@@ -17,4 +18,4 @@ def generate(model, prompts: list[list[int]], policy: DecodePolicy,
 
 
 __all__ = ["generate", "generate_ar", "generate_diffusion", "DecodePolicy", "GenerationError",
-           "GenerationResult", "StepEvent"]
+           "GenerationResult", "StepEvent", "PRESETS", "preset_policy"]

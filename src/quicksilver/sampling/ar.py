@@ -10,7 +10,7 @@ import torch
 from ..model import KVCache
 from . import rules
 from .batch import cut_at_eos, left_pad
-from .diffusion import never_sample_ids
+from .diffusion import never_sample_ids, stop_tensor
 from .types import DecodePolicy, GenerationError, GenerationResult, StepEvent
 
 
@@ -33,6 +33,7 @@ def generate_ar(model, prompts: list[list[int]], policy: DecodePolicy,
         generator = torch.Generator(device=device)
         generator.manual_seed(policy.seed if policy.seed is not None else torch.seed())
     banned = never_sample_ids(cfg)
+    stops = stop_tensor(cfg, device)
     b = tokens.shape[0]
     out = torch.full((b, gen_len), cfg.mask_token_id, dtype=torch.long, device=device)
     done = torch.zeros(b, dtype=torch.bool, device=device)
@@ -51,7 +52,7 @@ def generate_ar(model, prompts: list[list[int]], policy: DecodePolicy,
         token = rules.sample_tokens(logits, policy.temperature, generator)
         token = torch.where(done, torch.full_like(token, cfg.eos_token_id), token)
         out[:, i] = token
-        done |= token == cfg.eos_token_id
+        done |= torch.isin(token, stops)
         if i == 0:
             first_token_seconds = time.perf_counter() - start_time
         if on_step is not None or history is not None:
@@ -72,7 +73,7 @@ def generate_ar(model, prompts: list[list[int]], policy: DecodePolicy,
     seconds = time.perf_counter() - start_time
     ids, finished = [], []
     for row in out.tolist():
-        kept, fin = cut_at_eos(row, cfg.eos_token_id)
+        kept, fin = cut_at_eos(row, stops.tolist())
         ids.append([t for t in kept if t != cfg.mask_token_id])
         finished.append(fin)
     return GenerationResult(ids=ids, texts=[], nfe=nfe, generated_tokens=sum(map(len, ids)),

@@ -2,6 +2,8 @@
 row's first real token (so a padded row sees the same rotary positions as it would alone)."""
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 
 from .types import GenerationError
@@ -27,7 +29,11 @@ def left_pad(prompts: list[list[int]], pad_id: int, extra: int, fill_id: int,
     return canvas.to(device), attention.to(device), positions.to(device), width
 
 
-def cut_at_eos(row: list[int], eos_id: int) -> tuple[list[int], bool]:
-    if eos_id in row:
-        return row[: row.index(eos_id)], True
+def cut_at_eos(row: list[int], eos_id: int | Collection[int]) -> tuple[list[int], bool]:
+    """The row up to its first stop id (end of text, or any of several: end of turn too) and whether
+    it had one."""
+    stops = {eos_id} if isinstance(eos_id, int) else set(eos_id)
+    for i, token in enumerate(row):
+        if token in stops:
+            return row[:i], True
     return row, False

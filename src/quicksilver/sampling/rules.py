@@ -59,6 +59,20 @@ def transfer_counts(masked: int, steps: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(steps)]
 
 
+def dream_transfer_counts(masked: torch.Tensor, step: int, steps: int, eps: float = 1e-3) -> torch.Tensor:
+    """Dream's per-step commit count for rows with ``masked`` masked positions at step ``step`` of
+    ``steps``: floor(masked * (1 - s/t)) on the grid t_i = linspace(1, eps, steps + 1), all on the last step.
+
+    (Dream's own sampler uses the batch's average masked count for every row; per row, a padded batch
+    decodes each row as it would alone.)
+    """
+    if step >= steps - 1:
+        return masked.long()
+    grid = torch.linspace(1.0, eps, steps + 1, dtype=torch.float64)
+    t, s = float(grid[step]), float(grid[step + 1])
+    return (masked.double() * (1 - s / t)).floor().long()
+
+
 def commit_top(scores: torch.Tensor, candidates: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """Per row, choose the ``counts[row]`` highest-scoring positions among ``candidates``.
 

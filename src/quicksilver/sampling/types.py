@@ -8,6 +8,7 @@ import torch
 
 COMMIT_RULES = ("fixed", "threshold", "factor", "entropy")
 SCORES = ("probability", "margin", "entropy")
+SCHEDULES = ("linear", "dream")
 CACHE_MODES = ("none", "prefix", "dual")
 REFRESH_MODES = ("full", "incremental")
 
@@ -35,6 +36,13 @@ class DecodePolicy:
     # The rules other than "fixed" always commit at least one position and ignore ``steps``.
     commit: str = "fixed"
     score: str = "probability"  # ranks positions: "probability" | "margin" (top-1 - top-2) | "entropy" (negative)
+    # How the "fixed" rule shares a block's positions out over its steps: "linear" (LLaDA: equal
+    # shares, decided up front) or "dream" (Dream's time grid: floor(masked * (1 - s/t)) per step with
+    # t, s consecutive points of linspace(1, 1e-3, steps + 1), everything left on the last step).
+    schedule: str = "linear"
+    # Score on the tempered distribution, softmax(logits / temperature) (Dream), instead of the
+    # untempered one (LLaDA).  No effect at temperature 0.
+    score_tempered: bool = False
     threshold: float = 0.9
     factor: float = 1.0
     entropy_bound: float = 0.5  # nats, summed over the positions committed in one step
@@ -67,6 +75,8 @@ class DecodePolicy:
             raise GenerationError(f"commit must be one of {', '.join(COMMIT_RULES)}, got '{self.commit}'")
         if self.score not in SCORES:
             raise GenerationError(f"score must be one of {', '.join(SCORES)}, got '{self.score}'")
+        if self.schedule not in SCHEDULES:
+            raise GenerationError(f"schedule must be one of {', '.join(SCHEDULES)}, got '{self.schedule}'")
         if self.cache not in CACHE_MODES:
             raise GenerationError(f"cache must be one of {', '.join(CACHE_MODES)}, got '{self.cache}'")
         if self.refresh not in REFRESH_MODES:

@@ -1,0 +1,77 @@
+"""Errors in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}`` with a 4xx status.
+
+Whatever a client sends is answered with one of these and a clear sentence, never a traceback; only a
+failure of the server itself (a dead engine) gets a 5xx.
+"""
+from __future__ import annotations
+
+import json
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
+
+TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+         405: "invalid_request_error", 408: "timeout_error", 413: "invalid_request_error",
+         415: "invalid_request_error", 429: "rate_limit_error", 503: "service_unavailable_error"}
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+
+def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": TYPES.get(status, "invalid_request_error"), "param": param,
+                      "code": code}}
+
+
+def error_response(status: int, message: str, param: str | None = None, code: str | None = None,
+                   headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(error_body(status, message, param, code), status_code=status, headers=headers)
+
+
+def error_bytes(status: int, message: str, code: str | None = None) -> bytes:
+    return json.dumps(error_body(status, message, None, code)).encode()
+
+
+def _describe(error: dict) -> tuple[str, str | None]:
+    """One sentence for pydantic's first error, naming the field."""
+    loc = [str(p) for p in error.get("loc", ()) if p != "body"]
+    param = ".".join(loc) or None
+    kind = error.get("type", "")
+    if kind == "json_invalid":
+        return "the request body is not valid JSON", None
+    if kind == "missing":
+        return f"'{param}' is required", param
+    message = error.get("msg", "is invalid")
+    if message.startswith("Input should be") or message.startswith("Value error"):
+        message = message.replace("Input should be", "should be").replace("Value error, ", "")
+    if param is None:
+        return f"the request body is invalid: {message}", None
+    return f"'{param}' {message}", param
+
+
+async def validation_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    message, param = _describe(errors[0]) if errors else ("the request is invalid", None)
+    return error_response(400, message, param)
+
+
+async def http_handler(request: Request, exc: HTTPException) -> JSONResponse:
+    status = exc.status_code if 400 <= exc.status_code < 600 else 400
+    detail = exc.detail if isinstance(exc.detail, str) else "the request is invalid"
+    if status == 400 and "parsing the body" in detail:
+        detail = "the request body is not valid JSON (or not UTF-8)"
+    if status == 404:
+        detail = f"no route {request.method} {request.url.path}"
+    if status == 405:
+        detail = f"{request.method} is not allowed on {request.url.path}"
+    return error_response(status, detail, headers=getattr(exc, "headers", None))
+
+
+async def api_error_handler(request: Request, exc: APIError) -> JSONResponse:
+    return error_response(exc.status, exc.message, exc.param, exc.code,
+                          headers={"Retry-After": "1"} if exc.status in (429, 503) else None)
