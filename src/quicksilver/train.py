@@ -358,6 +358,8 @@ def _train(run: RunConfig, info: DistInfo, device: torch.device, resume: bool, p
         train_data = SFTDataset(cfg.sft_data, tokenizer, cfg.seq_len, "train")
         val_batches = SFTDataset(cfg.sft_data, tokenizer, cfg.seq_len, "val").fixed_batches(
             cfg.eval_batches, cfg.batch_size)
+        log(f"SFT: {train_data.num_examples:,} training examples; {train_data.dropped:,} longer than "
+            f"train.seq_len = {cfg.seq_len} dropped")
     else:
         train_data = ShardDataset(cfg.data, "train")
         val_batches = ShardDataset(cfg.data, "val").fixed_batches(cfg.eval_batches, cfg.batch_size, cfg.seq_len)
