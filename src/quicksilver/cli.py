@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -151,6 +152,8 @@ def train(
 
     run = load_run_config(config, _parse_overrides(set_))
     state = run_training(run, resume=resume, progress=progress, log=console.print)
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun only rank 0 reports
     console.print(f"done: step {state['step']}, {state['tokens']:,} tokens, best validation loss "
                   f"{state['best_val']:.4f} nats/token at step {state['best_step']}; "
                   f"best checkpoint in {Path(run.train.out_dir) / 'best'}")
@@ -342,6 +345,36 @@ def data_build(
     unpinned = [n for n, r in extra.get("pypi", {}).get("packages", {}).items() if not r["pinned"]]
     if unpinned:
         console.print(f"  unpinned (copy their sha256 from meta.json into the package list): {', '.join(unpinned)}")
+
+
+@data_app.command("sft-from-code")
+@user_errors
+def data_sft_from_code(
+    out: Path = typer.Option(Path("data/sft-stdlib.jsonl"), help="Output JSONL file."),
+    stdlib: bool = typer.Option(True, "--stdlib/--no-stdlib", help="Include this Python's standard library."),
+    folder: List[Path] = typer.Option([], help="Also read every .py file under this folder."),
+    val_percent: float = typer.Option(2.0, help="Share of files held out (same rule as `data build`)."),
+):
+    """An instruction set from Python source: signature + docstring → the function body (JSONL)."""
+    import itertools
+
+    from .data import folder_source, stdlib_source
+    from .data.sft_code import build_sft_jsonl
+
+    if not stdlib and not folder:
+        raise UserError("nothing to read: give --folder or keep --stdlib")
+    for f in folder:
+        if not f.is_dir():
+            raise UserError(f"{f} is not a folder")
+    sources = ([stdlib_source()] if stdlib else []) + [folder_source(f, (".py",)) for f in folder]
+    counts = build_sft_jsonl(itertools.chain(*sources), out, val_percent=val_percent)
+    if not counts.get("examples"):
+        raise UserError("no documented function with a usable body was found")
+    skipped = ", ".join(f"{counts.get(k, 0):,} {k.replace('_', ' ')}"
+                        for k in ("no_docstring", "trivial_body", "too_long", "duplicates"))
+    console.print(f"{out}: {counts['examples']:,} examples ({counts.get('train_examples', 0):,} train, "
+                  f"{counts.get('val_examples', 0):,} validation) from {counts['files']:,} files; "
+                  f"skipped functions: {skipped}", soft_wrap=True)
 
 
 def main() -> None:

@@ -26,10 +26,15 @@ def sample_times(batch_size: int, generator: torch.Generator, antithetic: bool =
     return ((1 - eps) * t + eps).float()
 
 
-def mask_tokens(x0: torch.Tensor, p: torch.Tensor, mask_id: int, generator: torch.Generator,
-                maskable: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Replace each token by ``mask_id`` with its row's probability ``p``; returns (xt, masked)."""
-    draws = torch.rand(x0.shape, generator=generator)
+def mask_tokens(x0: torch.Tensor, p: torch.Tensor, mask_id: int, generator: torch.Generator | None,
+                maskable: torch.Tensor | None = None,
+                draws: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Replace each token by ``mask_id`` with its row's probability ``p``; returns (xt, masked).
+
+    ``draws`` (uniforms shaped like ``x0``) replaces the generator, e.g. this rank's rows of draws
+    made for the whole global batch, so that masks do not depend on how the batch is split."""
+    if draws is None:
+        draws = torch.rand(x0.shape, generator=generator)
     masked = draws < p.to(draws.device)[:, None]
     if maskable is not None:
         masked &= maskable
@@ -56,12 +61,15 @@ def _masked_logits_ce(model, xt, x0, masked, attention_mask=None, positions=None
     return F.cross_entropy(logits, x0[masked], reduction="none")
 
 
-def diffusion_loss(model, x0: torch.Tensor, mask_id: int, generator: torch.Generator,
-                   antithetic: bool = True, times: torch.Tensor | None = None) -> LossOutput:
-    """Pre-training NELBO: sum over masked tokens of CE / p, divided by B * L."""
+def diffusion_loss(model, x0: torch.Tensor, mask_id: int, generator: torch.Generator | None,
+                   antithetic: bool = True, times: torch.Tensor | None = None,
+                   draws: torch.Tensor | None = None) -> LossOutput:
+    """Pre-training NELBO: sum over masked tokens of CE / p, divided by B * L.
+
+    ``times`` and ``draws`` (see :func:`mask_tokens`) fix the noise instead of the generator."""
     b, n = x0.shape
     p = sample_times(b, generator, antithetic) if times is None else times
-    xt, masked = mask_tokens(x0, p, mask_id, generator)
+    xt, masked = mask_tokens(x0, p, mask_id, generator, draws=draws)
     ce = _masked_logits_ce(model, xt, x0, masked)
     weights = (1.0 / p.to(x0.device))[:, None].expand(b, n)[masked]
     total = (ce * weights).sum()
@@ -69,15 +77,16 @@ def diffusion_loss(model, x0: torch.Tensor, mask_id: int, generator: torch.Gener
 
 
 def sft_diffusion_loss(model, x0: torch.Tensor, prompt_lengths: torch.Tensor, mask_id: int,
-                       generator: torch.Generator, antithetic: bool = True,
-                       attention_mask: torch.Tensor | None = None) -> LossOutput:
+                       generator: torch.Generator | None, antithetic: bool = True,
+                       attention_mask: torch.Tensor | None = None, times: torch.Tensor | None = None,
+                       draws: torch.Tensor | None = None) -> LossOutput:
     """SFT: prompts are never masked; answers (EOS padding included) are.  Each masked CE / p is
     divided by its row's answer length; rows are summed and divided by the batch size."""
     b, n = x0.shape
     positions = torch.arange(n, device=x0.device)[None, :]
     answer = positions >= prompt_lengths.to(x0.device)[:, None]
-    p = sample_times(b, generator, antithetic)
-    xt, masked = mask_tokens(x0, p, mask_id, generator, maskable=answer.cpu())
+    p = sample_times(b, generator, antithetic) if times is None else times
+    xt, masked = mask_tokens(x0, p, mask_id, generator, maskable=answer.cpu(), draws=draws)
     ce = _masked_logits_ce(model, xt, x0, masked, attention_mask=attention_mask)
     answer_len = answer.sum(1).clamp(min=1).float()
     weights = (1.0 / (p.to(x0.device)[:, None] * answer_len[:, None])).expand(b, n)[masked]
@@ -86,17 +95,22 @@ def sft_diffusion_loss(model, x0: torch.Tensor, prompt_lengths: torch.Tensor, ma
 
 
 def fim_transform(x: torch.Tensor, prefix_id: int, suffix_id: int, middle_id: int,
-                  generator: torch.Generator, rate: float = 0.5) -> torch.Tensor:
+                  generator: torch.Generator, rate: float = 0.5, row_offset: int = 0,
+                  total_rows: int | None = None) -> torch.Tensor:
     """Rewrite a share ``rate`` of rows as prefix-suffix-middle (PSM) fill-in-the-middle examples.
 
     A chosen row [a | b | c] (cut at two random points, over its first L - 3 tokens) becomes
     [<fim_prefix> a <fim_suffix> c <fim_middle> b], the same length L, so a causal model trained on
     it learns to write the middle after seeing both sides.
+
+    The draws are made for ``total_rows`` rows (the global batch) and rows ``row_offset`` onwards
+    are used, so a rank's slice of the batch is transformed exactly as in a one-process run.
     """
     b, n = x.shape
+    total = b if total_rows is None else total_rows
     out = x.clone()
-    chosen = torch.rand(b, generator=generator) < rate
-    cuts = torch.randint(0, n - 3 + 1, (b, 2), generator=generator).sort(dim=1).values
+    chosen = (torch.rand(total, generator=generator) < rate)[row_offset:row_offset + b]
+    cuts = torch.randint(0, n - 3 + 1, (total, 2), generator=generator).sort(dim=1).values[row_offset:row_offset + b]
     for row in chosen.nonzero().flatten().tolist():
         i, j = cuts[row].tolist()
         body = x[row, : n - 3]

@@ -20,9 +20,14 @@ from pathlib import Path
 import torch
 
 from .checkpoint import atomic_save_tensors, atomic_write_text, save_pretrained
+from .adapt import init_from
 from .config import ConfigError, ModelConfig
 from .data.shards import ShardDataset
-from .diffusion import ar_loss, diffusion_loss, fim_transform
+from .diffusion import ar_loss, diffusion_loss, fim_transform, sample_times
+from .distributed import (DistInfo, Objective, all_reduce_sum, barrier, full_model_state, full_optimizer_state,
+                          load_optimizer_state, teardown, wrap)
+from .distributed import setup as dist_setup
+from .sft import sft_batch_loss, sft_step_loss
 from .model import Transformer
 from .tokenizer import Tokenizer
 
@@ -48,6 +53,7 @@ class TrainConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0
     eval_every: int = 200
+    log_every: int = 20  # training loss, lr and speed go to log.jsonl every this many steps
     eval_batches: int = 8
     eval_time_samples: int = 4  # diffusion validation: mask draws per sequence
     save_every: int = 200
@@ -63,13 +69,26 @@ class TrainConfig:
     schedule: str = "steps"
     eval_every_minutes: float = 0.0  # also validate whenever this many minutes passed since the last one
     compile: bool = False  # torch.compile each transformer block (falls back to eager if compiling fails)
+    # AR-to-diffusion adaptation: start from this model's weights (a bundled name or a checkpoint
+    # folder, e.g. the AR twin); [model] causal / logits_shift say how the new model reads them.
+    init_from: str = ""
+    # Under torchrun: "ddp" (replicated model) or "fsdp" (FSDP2, parameters sharded over processes).
+    # batch_size is the global batch; each of N processes takes batch_size / N rows of it.
+    distributed: str = "ddp"
+    # objective = "sft": JSONL of {"prompt", "response"} or {"messages"}; the tokenizer is still
+    # data's tokenizer.json (usually the one the initial model, init_from, was trained with).
+    sft_data: str = ""
 
     def __post_init__(self) -> None:
-        if self.objective not in ("diffusion", "ar"):
-            raise ConfigError("train.objective must be 'diffusion' or 'ar'")
+        if self.objective not in ("diffusion", "ar", "sft"):
+            raise ConfigError("train.objective must be 'diffusion', 'ar' or 'sft'")
+        if self.distributed not in ("ddp", "fsdp"):
+            raise ConfigError("train.distributed must be 'ddp' or 'fsdp'")
+        if self.objective == "sft" and not self.sft_data:
+            raise ConfigError("train.objective = 'sft' needs train.sft_data (a JSONL file of prompt/response pairs)")
         if self.dtype not in ("bf16", "fp32"):
             raise ConfigError("train.dtype must be 'bf16' or 'fp32'")
-        for name in ("seq_len", "batch_size", "max_steps", "eval_every", "save_every", "eval_batches"):
+        for name in ("seq_len", "batch_size", "max_steps", "eval_every", "save_every", "eval_batches", "log_every"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name} must be positive")
         if self.lr <= 0:
@@ -155,38 +174,70 @@ def make_optimizer(model: Transformer, cfg: TrainConfig) -> torch.optim.AdamW:
         lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=False, foreach=True)
 
 
-def step_loss(model, tokens: torch.Tensor, cfg: TrainConfig, mcfg: ModelConfig, step: int):
+def step_loss(model, tokens: torch.Tensor, cfg: TrainConfig, mcfg: ModelConfig, step: int,
+              rank: int = 0, world_size: int = 1):
+    """The training loss of one step on this rank's rows of the global batch.
+
+    Every random draw (mask times, masks, FIM cuts) is made for the whole global batch from a
+    generator seeded by (seed, step) and this rank takes its own rows, so N ranks with B/N rows
+    each draw exactly what one process with B rows draws.  The losses are means over this rank's
+    rows; DDP/FSDP average gradients over ranks, which with equal slices is the global mean.
+    """
     gen = torch.Generator().manual_seed(cfg.seed * 7_919 + step * 2 + 1)
+    if cfg.objective == "sft":  # tokens is (ids, prompt lengths)
+        b = tokens[0].shape[0]
+        return sft_step_loss(model, tokens, gen, mcfg, b * rank, b * world_size)
+    b, n = tokens.shape
+    total, first = b * world_size, b * rank
     if cfg.objective == "diffusion":
-        return diffusion_loss(model, tokens, mcfg.mask_token_id, gen)
+        times = sample_times(total, gen)[first:first + b]
+        draws = torch.rand((total, n), generator=gen)[first:first + b]
+        return diffusion_loss(model, tokens, mcfg.mask_token_id, None, times=times, draws=draws)
     if cfg.fim_rate > 0:
         tokens = fim_transform(tokens, mcfg.fim_prefix_id, mcfg.fim_suffix_id, mcfg.fim_middle_id, gen,
-                               cfg.fim_rate)
+                               cfg.fim_rate, row_offset=first, total_rows=total)
     return ar_loss(model, tokens)
 
 
+def _loss_terms(model, fn, *args) -> tuple[torch.Tensor, torch.Tensor, int]:
+    out = fn(model, *args)
+    return out.loss, out.nll_sum, out.tokens
+
+
 @torch.no_grad()
-def validation_loss(model, batches: list[torch.Tensor], cfg: TrainConfig, mcfg: ModelConfig,
-                    device: torch.device) -> float:
+def validation_loss(model, batches: list, cfg: TrainConfig, mcfg: ModelConfig,
+                    device: torch.device, info: DistInfo = DistInfo()) -> float:
     """Nats per token on fixed validation windows: the diffusion NELBO (an upper bound on NLL,
-    averaged over ``eval_time_samples`` fixed mask draws) or the AR model's exact NLL."""
-    model.eval()
+    averaged over ``eval_time_samples`` fixed mask draws) or the AR model's exact NLL.
+
+    ``model`` is the plain model or the wrapped objective (:mod:`quicksilver.distributed`).  Under
+    torchrun each rank takes every world_size-th batch and the sums are added up, so the result
+    equals a one-process evaluation; every rank runs the same number of forwards (FSDP needs that).
+    """
+    call = model if isinstance(model, Objective) or hasattr(model, "module") else Objective(model)
+    call.eval()
     total, count = 0.0, 0
     autocast = cfg.dtype == "bf16"
-    for i, batch in enumerate(batches):
-        batch = batch.to(device)
+    rounds = math.ceil(len(batches) / info.world_size)
+    for r in range(rounds):
+        i = r * info.world_size + info.rank
+        real = i < len(batches)
+        batch = batches[i if real else 0]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            if cfg.objective == "diffusion":
-                for s in range(cfg.eval_time_samples):
+            for s in range(cfg.eval_time_samples if cfg.objective != "ar" else 1):
+                if cfg.objective == "ar":
+                    _, nll, tokens = call(_loss_terms, ar_loss, batch.to(device))
+                elif cfg.objective == "sft":
                     gen = torch.Generator().manual_seed(10_000 + i * 100 + s)
-                    out = diffusion_loss(model, batch, mcfg.mask_token_id, gen)
-                    total += float(out.nll_sum)
-                    count += out.tokens
-            else:
-                out = ar_loss(model, batch)
-                total += float(out.nll_sum)
-                count += out.tokens
-    model.train()
+                    _, nll, tokens = call(_loss_terms, sft_batch_loss, batch, gen, mcfg, device)
+                else:
+                    gen = torch.Generator().manual_seed(10_000 + i * 100 + s)
+                    _, nll, tokens = call(_loss_terms, diffusion_loss, batch.to(device), mcfg.mask_token_id, gen)
+                if real:
+                    total += float(nll)
+                    count += tokens
+    call.train()
+    total, count = all_reduce_sum([total, float(count)], info, device)
     return total / max(count, 1)
 
 
@@ -201,26 +252,25 @@ def compile_blocks(model: Transformer, log=print) -> None:
 
 
 # -- checkpoints ------------------------------------------------------------------------------
-def _optimizer_tensors(opt: torch.optim.Optimizer, names: dict[int, str]) -> dict[str, torch.Tensor]:
-    out = {}
-    for group in opt.param_groups:
-        for p in group["params"]:
-            for key, value in opt.state.get(p, {}).items():
-                out[f"{names[id(p)]}::{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
-    return out
-
-
 def save_checkpoint(out_dir: Path, model, opt, state: dict, tokenizer: Tokenizer, keep: int = 2,
-                    keep_every: int = 0) -> Path:
-    """Write ``checkpoints/step-N`` completely, then point ``latest`` at it (atomic rename)."""
+                    keep_every: int = 0, weights: dict | None = None,
+                    optimizer: dict | None = None) -> Path:
+    """Write ``checkpoints/step-N`` completely, then point ``latest`` at it (atomic rename).
+
+    ``weights``/``optimizer`` are full state tensors gathered by the caller (distributed runs);
+    without them they are read from ``model`` and ``opt``.  Either way the files hold whole,
+    unsharded tensors named as in a plain model, so any world size can load them."""
     ckpt_root = out_dir / "checkpoints"
     final = ckpt_root / f"step-{state['step']:07d}"
     tmp = ckpt_root / f".tmp-step-{state['step']:07d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    if weights is not None:
+        model = _plain_copy(model.config, weights)
     save_pretrained(model, tokenizer, tmp)
-    names = {id(p): n for n, p in model.named_parameters()}
-    atomic_save_tensors(_optimizer_tensors(opt, names), tmp / "optimizer.safetensors")
+    if optimizer is None:
+        optimizer = full_optimizer_state(model, model, opt, DistInfo())
+    atomic_save_tensors(optimizer, tmp / "optimizer.safetensors")
     (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -232,70 +282,129 @@ def save_checkpoint(out_dir: Path, model, opt, state: dict, tokenizer: Tokenizer
     return final
 
 
-def load_checkpoint(out_dir: Path, model, opt) -> dict | None:
+def _plain_copy(mcfg: ModelConfig, weights: dict[str, torch.Tensor]) -> Transformer:
+    """A CPU ``Transformer`` holding ``weights`` (for writing an FSDP run's gathered state)."""
+    with torch.device("meta"):
+        copy = Transformer(mcfg)
+    copy.load_state_dict(weights, assign=True)
+    return copy
+
+
+def read_checkpoint(out_dir: Path) -> tuple[dict, dict, dict] | None:
+    """(weights, optimizer tensors, trainer state) of the run's latest checkpoint, or None."""
     from safetensors.torch import load_file
     pointer = out_dir / "latest"
     if not pointer.is_file():
         return None
     folder = out_dir / "checkpoints" / pointer.read_text().strip()
     weights = load_file(str(folder / "model.safetensors"))
-    model.load_state_dict(weights)
     opt_state = load_file(str(folder / "optimizer.safetensors"))
-    params = dict(model.named_parameters())
-    for key, value in opt_state.items():
-        pname, _, skey = key.partition("::")
-        opt.state[params[pname]][skey] = value
-    return json.loads((folder / "trainer_state.json").read_text())
+    return weights, opt_state, json.loads((folder / "trainer_state.json").read_text())
 
 
 # -- the loop ---------------------------------------------------------------------------------
-def train(run: RunConfig, resume: bool = False, progress: bool = True, log=print) -> dict:
-    cfg, mcfg = run.train, run.model
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    device = pick_device(cfg.device)
-    out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    tokenizer = Tokenizer.from_file(Path(cfg.data) / "tokenizer.json")
-    mcfg = dataclasses.replace(
-        mcfg, vocab_size=tokenizer.vocab_size, causal=(cfg.objective == "ar") or mcfg.causal,
-        logits_shift=(cfg.objective == "ar") or mcfg.logits_shift,
-        mask_token_id=tokenizer.mask_id, eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id,
-        fim_prefix_id=tokenizer.fim_prefix_id, fim_suffix_id=tokenizer.fim_suffix_id,
-        fim_middle_id=tokenizer.fim_middle_id)
-    if cfg.seq_len > mcfg.max_position_embeddings:
-        raise ConfigError("train.seq_len exceeds model.max_position_embeddings")
-    train_data = ShardDataset(cfg.data, "train")
-    val_batches = ShardDataset(cfg.data, "val").fixed_batches(cfg.eval_batches, cfg.batch_size, cfg.seq_len)
-
+def build_model(cfg: TrainConfig, mcfg: ModelConfig, tokenizer: Tokenizer, device: torch.device,
+                log=print) -> Transformer:
+    """The run's starting model: seeded random weights, or ``init_from``'s weights (adaptation)."""
     torch.manual_seed(cfg.seed)
     model = Transformer(mcfg)
     model.reset_parameters(seed=cfg.seed)
     model.to(device).train()
-    opt = make_optimizer(model, cfg)
+    if cfg.init_from:
+        source = init_from(model, cfg.init_from, tokenizer)
+        log(f"initialised from {cfg.init_from} ({'causal' if source.causal else 'bidirectional'} → "
+            f"{'causal' if mcfg.causal else 'bidirectional'}, logits_shift={mcfg.logits_shift})")
+    return model
+
+
+def run_model_config(cfg: TrainConfig, mcfg: ModelConfig, tokenizer: Tokenizer) -> ModelConfig:
+    """``[model]`` completed from the tokenizer; the AR objective implies causal, shifted logits."""
+    causal = cfg.objective == "ar"
+    return dataclasses.replace(
+        mcfg, vocab_size=tokenizer.vocab_size, causal=causal or mcfg.causal,
+        logits_shift=causal or mcfg.logits_shift,
+        mask_token_id=tokenizer.mask_id, eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id,
+        fim_prefix_id=tokenizer.fim_prefix_id, fim_suffix_id=tokenizer.fim_suffix_id,
+        fim_middle_id=tokenizer.fim_middle_id)
+
+
+def train(run: RunConfig, resume: bool = False, progress: bool = True, log=print) -> dict:
+    """Train ``run``; under torchrun every rank calls this and trains its slice of each batch."""
+    cfg = run.train
+    info, device = dist_setup(cfg.distributed, cfg.device)
+    try:
+        return _train(run, info, device, resume, progress, log if info.is_main else (lambda *a, **k: None))
+    finally:
+        teardown(info)
+
+
+def _train(run: RunConfig, info: DistInfo, device: torch.device, resume: bool, progress: bool, log) -> dict:
+    cfg, mcfg = run.train, run.model
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    if cfg.batch_size % info.world_size:
+        raise ConfigError(f"train.batch_size = {cfg.batch_size} (the global batch) is not divisible by the "
+                          f"{info.world_size} processes")
+    local_batch = cfg.batch_size // info.world_size
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    tokenizer = Tokenizer.from_file(Path(cfg.data) / "tokenizer.json")
+    mcfg = run_model_config(cfg, mcfg, tokenizer)
+    if cfg.seq_len > mcfg.max_position_embeddings:
+        raise ConfigError("train.seq_len exceeds model.max_position_embeddings")
+    if cfg.objective == "sft":
+        from .sft import SFTDataset
+        train_data = SFTDataset(cfg.sft_data, tokenizer, cfg.seq_len, "train")
+        val_batches = SFTDataset(cfg.sft_data, tokenizer, cfg.seq_len, "val").fixed_batches(
+            cfg.eval_batches, cfg.batch_size)
+        log(f"SFT: {train_data.num_examples:,} training examples; {train_data.dropped:,} longer than "
+            f"train.seq_len = {cfg.seq_len} dropped")
+    else:
+        train_data = ShardDataset(cfg.data, "train")
+        val_batches = ShardDataset(cfg.data, "val").fixed_batches(cfg.eval_batches, cfg.batch_size, cfg.seq_len)
+
+    model = build_model(cfg, mcfg, tokenizer, device, log)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    if cfg.compile:
-        compile_blocks(model, log)
     state = {"step": 0, "tokens": 0, "elapsed_s": 0.0, "cpu_s": 0.0, "best_val": None, "best_step": None,
              "history": [], "config": {"model": mcfg.to_dict(), "train": dataclasses.asdict(cfg)}}
-    if resume:
-        loaded = load_checkpoint(out_dir, model, opt)
-        if loaded is None:
-            log(f"no checkpoint in {out_dir}; starting from scratch")
-        else:
-            state = loaded
-            log(f"resumed from step {state['step']} ({state['tokens']:,} tokens)")
-    (out_dir / "run_config.json").write_text(json.dumps(state["config"], indent=2))
-    log_file = (out_dir / "log.jsonl").open("a")
+    found = read_checkpoint(out_dir) if resume else None
+    if resume and info.enabled:
+        seen = all_reduce_sum([float(found is not None)], info, device)[0]
+        if 0 < seen < info.world_size:
+            raise ConfigError(f"only {seen:.0f} of {info.world_size} processes see a checkpoint in {out_dir}; "
+                              f"train.out_dir must be on a filesystem every node shares to resume")
+    if resume and found is None:
+        log(f"no checkpoint in {out_dir}; starting from scratch")
+    if found is not None:
+        model.load_state_dict({k: v.to(device) for k, v in found[0].items()})
+        state = found[2]
+        log(f"resumed from step {state['step']} ({state['tokens']:,} tokens)")
+    if cfg.compile:
+        compile_blocks(model, log)
+    wrapped = wrap(model, info, device)
+    opt = make_optimizer(model, cfg)
+    if found is not None:
+        load_optimizer_state(wrapped, model, opt, found[1], info)
+    if info.enabled:
+        log(f"{info.world_size} processes ({info.mode}, {'nccl' if device.type == 'cuda' else 'gloo'}): "
+            f"{local_batch} of the {cfg.batch_size} sequences of each batch per process")
+    if info.is_main:
+        (out_dir / "run_config.json").write_text(json.dumps(state["config"], indent=2))
+    log_file = (out_dir / "log.jsonl").open("a") if info.is_main else None
+
+    def write_log(record: dict) -> None:
+        if log_file is not None:
+            log_file.write(json.dumps(record) + "\n")
+            log_file.flush()
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     bar = Progress(TextColumn(f"[bold]{cfg.objective}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                    TextColumn("loss {task.fields[loss]:.3f}"), TextColumn("{task.fields[tps]:,.0f} tok/s"),
                    TextColumn("val {task.fields[val]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                   disable=not progress)
+                   disable=not (progress and info.is_main))
     task = bar.add_task("train", total=cfg.max_steps, completed=state["step"], loss=float("nan"), tps=0.0,
                         val=state["best_val"] and f"{state['best_val']:.3f}")
     autocast = cfg.dtype == "bf16"
@@ -306,70 +415,96 @@ def train(run: RunConfig, resume: bool = False, progress: bool = True, log=print
     last_eval = time.time()
     compiled_pending = cfg.compile
 
+    def cpu_seconds() -> float:
+        # CPU seconds of this process (of rank 0 under torchrun), the fair clock on a shared machine.
+        return cpu_before + time.process_time() - cpu_start
+
     def checkpoint():
         state["elapsed_s"] = elapsed_before + time.time() - session_start
-        state["cpu_s"] = cpu_before + time.process_time() - cpu_start
-        save_checkpoint(out_dir, model, opt, state, tokenizer, keep_every=cfg.keep_every)
+        state["cpu_s"] = cpu_seconds()
+        # Gathering is collective under FSDP: every rank takes part, rank 0 writes.
+        weights = full_model_state(wrapped, model, info)
+        optimizer = full_optimizer_state(wrapped, model, opt, info)
+        if info.is_main:
+            save_checkpoint(out_dir, model, opt, state, tokenizer, keep_every=cfg.keep_every,
+                            weights=weights, optimizer=optimizer)
+        barrier(info)
 
     def evaluate():
-        val = validation_loss(model, val_batches, cfg, mcfg, device)
+        val = validation_loss(wrapped, val_batches, cfg, mcfg, device, info)
         record = {"step": state["step"], "tokens": state["tokens"], "epochs": state["tokens"] / len(train_data),
-                  "val_loss": val,
-                  "elapsed_s": elapsed_before + time.time() - session_start}
+                  "val_loss": val, "elapsed_s": elapsed_before + time.time() - session_start,
+                  "cpu_s": cpu_seconds()}
         state["history"].append(record)
-        log_file.write(json.dumps(record) + "\n")
-        log_file.flush()
+        write_log(record)
         if state["best_val"] is None or val < state["best_val"]:
             state["best_val"], state["best_step"] = val, state["step"]
-            save_pretrained(model, tokenizer, out_dir / "best")
-            atomic_write_text(out_dir / "best" / "train_summary.json", json.dumps(
-                {k: state[k] for k in ("step", "tokens", "best_val", "best_step")}
-                | {"elapsed_s": record["elapsed_s"], "epochs": record["epochs"], "objective": cfg.objective},
-                indent=2))
+            weights = full_model_state(wrapped, model, info)
+            if info.is_main:
+                save_pretrained(_plain_copy(mcfg, weights) if info.mode == "fsdp" and info.enabled else model,
+                                tokenizer, out_dir / "best")
+                atomic_write_text(out_dir / "best" / "train_summary.json", json.dumps(
+                    {k: state[k] for k in ("step", "tokens", "best_val", "best_step")}
+                    | {"elapsed_s": record["elapsed_s"], "epochs": record["epochs"], "objective": cfg.objective},
+                    indent=2))
         return val
+
+    def forward_backward(tokens, step):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            loss, _, _ = wrapped(_loss_terms, step_loss, tokens, cfg, mcfg, step, info.rank, info.world_size)
+        loss.backward()
+        return loss
 
     with bar:
         try:
+            if cfg.init_from and state["step"] == 0:
+                evaluate()  # the starting point: how much of the initial model's knowledge carries over
             while state["step"] < cfg.max_steps:
                 step = state["step"]
                 lr = lr_at(step, cfg, elapsed_before + time.time() - session_start)
                 for group in opt.param_groups:
                     group["lr"] = lr
-                tokens = train_data.batch(step, cfg.batch_size, cfg.seq_len, cfg.seed).to(device)
+                tokens = train_data.batch(step, local_batch, cfg.seq_len, cfg.seed, info.rank, info.world_size)
+                tokens = tokens.to(device) if torch.is_tensor(tokens) else tokens
                 try:
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                        out = step_loss(model, tokens, cfg, mcfg, step)
-                    out.loss.backward()
+                    loss_t = forward_backward(tokens, step)
                 except Exception as e:
-                    if not compiled_pending:
+                    if not compiled_pending or info.enabled:
                         raise
                     # Compiling happens lazily at the first call: fall back to eager once.
                     log(f"torch.compile failed ({type(e).__name__}: {e}); training eagerly")
                     for block in model.layers:
                         block._compiled_call_impl = None
                     opt.zero_grad(set_to_none=True)
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                        out = step_loss(model, tokens, cfg, mcfg, step)
-                    out.loss.backward()
+                    loss_t = forward_backward(tokens, step)
                 compiled_pending = False
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 state["step"] += 1
-                state["tokens"] += tokens.numel()
-                window_tokens += tokens.numel()
-                loss = float(out.loss.detach())
+                step_tokens = cfg.batch_size * cfg.seq_len
+                state["tokens"] += step_tokens
+                window_tokens += step_tokens
+                # One small all-reduce per step: the global mean loss, and the wall-clock decisions
+                # (time limit, timed validation) taken by rank 0 so that all ranks agree.
+                elapsed = elapsed_before + time.time() - session_start
+                limit = cfg.time_limit_minutes * 60
+                due_by_time = bool(cfg.eval_every_minutes) and time.time() - last_eval >= cfg.eval_every_minutes * 60
+                over_time = bool(limit) and elapsed >= limit
+                loss_sum, due_flag, stop_flag = all_reduce_sum(
+                    [float(loss_t.detach()), float(due_by_time and info.is_main), float(over_time and info.is_main)],
+                    info, device)
+                loss = loss_sum / info.world_size
+                due_by_time, over_time = due_flag > 0, stop_flag > 0
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"loss became {loss} at step {step}; lower train.lr")
                 tps = window_tokens / max(1e-9, time.time() - window_start)
-                if state["step"] % 20 == 0:
-                    log_file.write(json.dumps({"step": state["step"], "tokens": state["tokens"], "loss": loss,
-                                               "lr": lr, "tok_s": round(tps)}) + "\n")
-                    log_file.flush()
+                if state["step"] % cfg.log_every == 0:
+                    write_log({"step": state["step"], "tokens": state["tokens"], "loss": loss, "lr": lr,
+                               "tok_s": round(tps), "cpu_s": round(cpu_seconds(), 1)})
                     window_tokens, window_start = 0, time.time()
                 val_text = None
-                due_by_time = cfg.eval_every_minutes and time.time() - last_eval >= cfg.eval_every_minutes * 60
                 if state["step"] % cfg.eval_every == 0 or state["step"] == cfg.max_steps or due_by_time:
                     val_text = f"{evaluate():.3f}"
                     last_eval = time.time()
@@ -377,8 +512,7 @@ def train(run: RunConfig, resume: bool = False, progress: bool = True, log=print
                            **({"val": val_text} if val_text else {}))
                 if state["step"] % cfg.save_every == 0 or state["step"] == cfg.max_steps:
                     checkpoint()
-                limit = cfg.time_limit_minutes * 60
-                if limit and elapsed_before + time.time() - session_start >= limit:
+                if over_time:
                     log(f"time limit of {cfg.time_limit_minutes} minutes reached at step {state['step']}")
                     if not val_text:
                         evaluate()
@@ -386,11 +520,13 @@ def train(run: RunConfig, resume: bool = False, progress: bool = True, log=print
                         checkpoint()
                     break
         except KeyboardInterrupt:
-            checkpoint()
-            log(f"interrupted: checkpoint saved at step {state['step']}; continue with --resume")
+            if not info.enabled:  # under torchrun the other ranks may be mid-step: no collective save
+                checkpoint()
+                log(f"interrupted: checkpoint saved at step {state['step']}; continue with --resume")
             raise
         finally:
-            log_file.close()
+            if log_file is not None:
+                log_file.close()
     state["elapsed_s"] = elapsed_before + time.time() - session_start
-    state["cpu_s"] = cpu_before + time.process_time() - cpu_start
+    state["cpu_s"] = cpu_seconds()
     return state
