@@ -116,12 +116,13 @@ def generate(
                    top_p=top_p, seed=seed, commit=commit, threshold=threshold, factor=factor,
                    entropy_bound=entropy_bound, score=score, cache=cache, refresh=refresh, early_stop=early_stop)
     given = {k: v for k, v in options.items() if v is not None}
-    if steps is not None and commit is None:
-        given["commit"] = "fixed"  # a step count only means something for the fixed schedule
     # Check the decoding options before anything is loaded or drawn, so a bad option prints only its error.
     (preset_policy(preset, **given) if preset is not None else dataclasses.replace(DecodePolicy(), **given)).validate()
     lm = load_backend(model, device=device)
-    policy = preset_policy(preset, **given) if preset is not None else dataclasses.replace(lm.default_policy, **given)
+    base = preset_policy(preset) if preset is not None else lm.default_policy
+    if steps is not None and commit is None and base.commit in ("threshold", "factor"):
+        given["commit"] = "fixed"  # these rules ignore a step count; asking for one means the fixed schedule
+    policy = preset_policy(preset, **given) if preset is not None else dataclasses.replace(base, **given)
     policy.validate()
     text = lm.render_chat([{"role": "user", "content": prompt}]) if chat else prompt
     ids = [lm.encode(text)]
