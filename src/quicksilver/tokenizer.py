@@ -21,7 +21,37 @@ class TokenizerError(ValueError):
     """A tokenizer file is missing or unusable."""
 
 
-class Tokenizer:
+class _Decoding:
+    """Decoding shared by both tokenizers: needs ``hf``, ``vocab_size`` and ``special_ids``."""
+    hf: HFTokenizer
+    vocab_size: int
+    special_ids: frozenset[int]
+
+    def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
+        """Text for any id sequence: unknown ids are dropped, broken UTF-8 becomes U+FFFD."""
+        clean = [int(i) for i in ids if 0 <= int(i) < self.vocab_size]
+        if skip_special:
+            clean = [i for i in clean if i not in self.special_ids]
+        try:
+            return self.hf.decode(clean, skip_special_tokens=False)
+        except Exception:
+            return "".join(self.token_text(i) for i in clean)
+
+    def token_text(self, token_id: int) -> str:
+        """The text of one token on its own (for live views); '' for ids outside the vocabulary."""
+        if not 0 <= token_id < self.vocab_size:
+            return ""
+        try:
+            return self.hf.decode([token_id], skip_special_tokens=False)
+        except Exception:
+            return ""
+
+    def iter_token_texts(self, ids: Iterable[int]) -> Iterator[str]:
+        for i in ids:
+            yield self.token_text(int(i))
+
+
+class Tokenizer(_Decoding):
     """Thin wrapper that knows the special ids and never raises when decoding."""
 
     def __init__(self, hf: HFTokenizer) -> None:
@@ -81,28 +111,6 @@ class Tokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
 
-    def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
-        """Text for any id sequence: unknown ids are dropped, broken UTF-8 becomes U+FFFD."""
-        clean = [int(i) for i in ids if 0 <= int(i) < self.vocab_size]
-        if skip_special:
-            clean = [i for i in clean if i not in self.special_ids]
-        try:
-            return self.hf.decode(clean, skip_special_tokens=False)
-        except Exception:
-            return "".join(self.token_text(i) for i in clean)
-
-    def token_text(self, token_id: int) -> str:
-        """The text of one token on its own (for live views); '' for ids outside the vocabulary."""
-        if not 0 <= token_id < self.vocab_size:
-            return ""
-        try:
-            return self.hf.decode([token_id], skip_special_tokens=False)
-        except Exception:
-            return ""
-
-    def iter_token_texts(self, ids: Iterable[int]) -> Iterator[str]:
-        for i in ids:
-            yield self.token_text(int(i))
 
 
 # -- external tokenizers (LLaDA, Dream, ...) ---------------------------------------------------------
@@ -113,7 +121,7 @@ def _token_content(value) -> str | None:
     return value if isinstance(value, str) else None
 
 
-class ExternalTokenizer:
+class ExternalTokenizer(_Decoding):
     """A Hugging Face ``tokenizer.json`` + ``tokenizer_config.json`` with the special ids a model's
     config names (they need not be Quicksilver's own specials).  Same surface as ``Tokenizer``
     (encode, decode, token_text, the special ids) plus the chat template and ``render_chat``."""
@@ -174,28 +182,6 @@ class ExternalTokenizer:
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [self.encode(t) for t in texts]
-
-    def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
-        """Text for any id sequence: ids outside the vocabulary are dropped; decoding never raises."""
-        clean = [int(i) for i in ids if 0 <= int(i) < self.vocab_size]
-        if skip_special:
-            clean = [i for i in clean if i not in self.special_ids]
-        try:
-            return self.hf.decode(clean, skip_special_tokens=False)
-        except Exception:
-            return "".join(self.token_text(i) for i in clean)
-
-    def token_text(self, token_id: int) -> str:
-        if not 0 <= token_id < self.vocab_size:
-            return ""
-        try:
-            return self.hf.decode([token_id], skip_special_tokens=False)
-        except Exception:
-            return ""
-
-    def iter_token_texts(self, ids: Iterable[int]) -> Iterator[str]:
-        for i in ids:
-            yield self.token_text(int(i))
 
     def render_chat(self, messages, add_generation_prompt: bool = True) -> str:
         """Prompt text for chat messages through the model's own template (sandboxed Jinja)."""
