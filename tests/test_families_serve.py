@@ -1,29 +1,16 @@
-"""The open families through a real ``quicksilver serve`` (issue 4's server, started the way its own
-tests start it: ``tests/live_server.py``): a tiny random DiffusionGemma streams its drafts, and the
-Dream reference answers a chat request through its own template.
-
-The server is built on another branch; until it is merged here these tests skip with that reason.
-"""
+"""The open families through a real ``quicksilver serve`` (started the way the server's own tests
+start it: ``tests/live_server.py``): a tiny random DiffusionGemma streams its drafts, and the Dream
+reference answers a chat request through its own template."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import urllib.request
 from pathlib import Path
 
-import pytest
+from tests.dg_tiny import make_folder
+from tests.live_server import live_server
 
 HERE = Path(__file__).parent
-if importlib.util.find_spec("quicksilver.server") is None:
-    pytest.skip("quicksilver.server (issue 4) is not on this branch yet", allow_module_level=True)
-sys.path.insert(0, str(HERE))
-try:
-    from live_server import live_server  # noqa: E402  (issue 4's helper)
-except ImportError:
-    pytest.skip("tests/live_server.py (issue 4) is not on this branch yet", allow_module_level=True)
-
-from tests.dg_tiny import make_folder  # noqa: E402
 
 
 def _get(url: str) -> dict:
