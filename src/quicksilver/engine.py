@@ -264,6 +264,9 @@ class Engine:
         self._stopped = False
         self._thread: threading.Thread | None = None
         self._serial: collections.deque[Request] = collections.deque()  # served one at a time
+        # Requests accepted and not yet closed, wherever they are (pending, being routed, waiting in a
+        # cohort, decoding): the drain waits on this one number, which no hand-over can hide.
+        self._open = 0
         self.batched = callable(getattr(backend, "decoder", None))
         # ids that end the text (end of text, and end of turn for chat models); optional for a Backend
         stops = getattr(backend, "stop_ids", None)
@@ -318,6 +321,7 @@ class Engine:
             request.id = next(self._ids)
             request.rows = [RowState(request, i, self.backend) for i in range(request.n)]
             self._pending.append(request)
+            self._open += 1
             self._lock.notify_all()
         return request
 
@@ -334,7 +338,7 @@ class Engine:
             self._closing = True
             self._lock.notify_all()
         deadline = time.monotonic() + drain_s
-        while time.monotonic() < deadline and (self.active or self.queued) and self.alive:
+        while time.monotonic() < deadline and self._open and self.alive:
             time.sleep(0.02)
         with self._lock:
             waiting = [r for c in list(self._cohorts.values()) for r in list(c.waiting)]
@@ -531,6 +535,8 @@ class Engine:
         if request.done:
             return
         request.done = True
+        with self._lock:
+            self._open -= 1
         if request in self._active:
             self._active.remove(request)
         self.requests_total[outcome] += 1
