@@ -136,7 +136,8 @@ def test_local_systems_infill_end_to_end(tiny_tokenizer):
         model = Transformer(tiny_config(tiny_tokenizer, causal=causal, max_position_embeddings=1024))
         model.reset_parameters(seed=0)
         system = LocalSystem("tiny", model.eval(), tiny_tokenizer, setting="fixed:4", batch_size=4)
-        result = run_infill(system, "single-line", limit=3, budget=8, sandbox=SandboxLimits(timeout_s=5.0))
+        result = run_infill(system, "single-line", limit=3, budget=8, problems=problems,
+                            sandbox=SandboxLimits(timeout_s=5.0))
         assert result["tasks"] == 3 and len(result["per_task"]) == 3
         usage = system.usage.to_dict()
         assert usage["tokens_per_forward"] is not None

@@ -99,15 +99,22 @@ def save_pretrained(model: Transformer, tokenizer: Tokenizer | None, folder: str
     return folder
 
 
+def read_weight_map(index: Path) -> dict[str, str]:
+    """Tensor name -> shard file name from a safetensors index (``model.safetensors.index.json``)."""
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        if not isinstance(weight_map, dict):
+            raise TypeError
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise CheckpointError(f"{index} is not a valid safetensors index") from None
+    return weight_map
+
+
 def load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     """All tensors of a folder: one ``model.safetensors`` or shards listed in an index file."""
     index = folder / INDEX_NAME
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise CheckpointError(f"{index} is not a valid safetensors index") from None
-        files = sorted(set(weight_map.values()))
+        files = sorted(set(read_weight_map(index).values()))
     elif (folder / WEIGHTS_NAME).is_file():
         files = [WEIGHTS_NAME]
     else:

@@ -11,6 +11,18 @@ class ConfigError(ValueError):
     """A configuration file or value the user supplied is wrong."""
 
 
+def read_json_object(path: str | Path, error: type[Exception] = ValueError) -> dict:
+    """The JSON object in ``path``; a file that is not valid JSON or not an object raises ``error``
+    with one sentence naming the file (every config-like file a user hands us goes through here)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise error(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(data, dict):
+        raise error(f"{path} must hold a JSON object")
+    return data
+
+
 @dataclass
 class ModelConfig:
     vocab_size: int = 8192
@@ -85,10 +97,4 @@ class ModelConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "ModelConfig":
-        try:
-            data = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path} must hold a JSON object")
-        return cls.from_dict(data)
+        return cls.from_dict(read_json_object(path, ConfigError))

@@ -1,12 +1,13 @@
 """Byte-level BPE tokenizer (Hugging Face ``tokenizers``) with Quicksilver's special tokens."""
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+
+from .config import read_json_object
 
 EOS = "<|endoftext|>"
 MASK = "<|mask|>"
@@ -158,12 +159,7 @@ class ExternalTokenizer(_Decoding):
         settings: dict = {}
         config_path = folder / "tokenizer_config.json"
         if config_path.is_file():
-            try:
-                settings = json.loads(config_path.read_text())
-            except json.JSONDecodeError as e:
-                raise TokenizerError(f"{config_path} is not valid JSON ({e.msg} at line {e.lineno})") from None
-            if not isinstance(settings, dict):
-                raise TokenizerError(f"{config_path} must hold a JSON object")
+            settings = read_json_object(config_path, TokenizerError)
         template = settings.get("chat_template")
         if isinstance(template, list):  # several named templates: take "default"
             named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}

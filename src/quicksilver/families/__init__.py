@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import CheckpointError
+from ..config import read_json_object
 from ..model import Transformer
 from ..tokenizer import ExternalTokenizer, TokenizerError
 from . import dream, llada
@@ -27,13 +28,7 @@ def read_config(folder: Path) -> dict:
     path = folder / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{folder} is not a checkpoint folder: it has no config.json")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{path} must hold a JSON object")
-    return raw
+    return read_json_object(path, CheckpointError)
 
 
 def family_of(raw: dict) -> str:

@@ -8,7 +8,6 @@ memory is the model plus one tensor, and nothing is ever unpickled.
 """
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,20 +16,14 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from ..checkpoint import INDEX_NAME, WEIGHTS_NAME, CheckpointError
+from ..checkpoint import INDEX_NAME, WEIGHTS_NAME, CheckpointError, read_weight_map
 
 
 def tensor_files(folder: Path) -> dict[str, Path]:
     """Which file holds each tensor: from the index when there is one, else from the file headers."""
     index = folder / INDEX_NAME
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-            if not isinstance(weight_map, dict):
-                raise TypeError
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise CheckpointError(f"{index} is not a valid safetensors index") from None
-        files = {name: folder / file for name, file in weight_map.items()}
+        files = {name: folder / file for name, file in read_weight_map(index).items()}
         for path in sorted(set(files.values())):
             if not path.is_file():
                 raise CheckpointError(f"weight file {path} listed in the index is missing")
