@@ -17,19 +17,14 @@ from .config import ConfigError, ModelConfig
 from .model import Transformer
 from .tokenizer import Tokenizer, TokenizerError
 
-BUNDLED_DIR = Path(__file__).parent / "models"
+from .bundled import BUNDLED_DIR, bundled_models  # noqa: F401  (re-exported: callers import them from here)
+
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 
 
 class CheckpointError(ValueError):
     """A model folder or name that cannot be loaded; the message says why in one sentence."""
-
-
-def bundled_models() -> list[str]:
-    if not BUNDLED_DIR.is_dir():
-        return []
-    return sorted(p.name for p in BUNDLED_DIR.iterdir() if (p / "config.json").is_file())
 
 
 def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
