@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from .chat import render_chat
-from .checkpoint import load_model
+from .loading.checkpoint import load_model
 from .model import Transformer
 from .sampling import DecodePolicy, GenerationError, GenerationResult, StepEvent, generate
 from .sampling.infill import diffusion_infill
@@ -219,16 +219,16 @@ def load(name_or_path: str | os.PathLike = "coder-tiny", device: str | None = No
 
     On the CPU this sets torch's thread count: ``threads``, else ``QUICKSILVER_THREADS``, else the
     measured default (``quicksilver.threads``: one thread on a 2-CPU machine)."""
-    from .checkpoint import resolve_model_path
+    from .loading.checkpoint import resolve_model_path
     from .device import resolve_device
-    from .families import family_of, read_config
+    from .loading.families import family_of, read_config
     device = resolve_device(device)
     if device == "cpu":
         from .threads import apply_threads
         apply_threads(threads)
     folder = resolve_model_path(name_or_path)
     if family_of(read_config(folder)) == "diffusion_gemma":
-        from .families.diffusion_gemma import DiffusionGemmaBackend
+        from .loading.families.diffusion_gemma import DiffusionGemmaBackend
         return DiffusionGemmaBackend.from_folder(folder, name=str(name_or_path), device=device, dtype=dtype)
     model, tokenizer = load_model(folder, device=device, dtype=dtype, progress=progress)
     return LM(model, tokenizer, str(name_or_path))
@@ -239,14 +239,14 @@ def load_backend(name_or_path: str | os.PathLike = "coder-tiny", device: str | N
     """What the engine serves (``backend.Backend``) for any supported folder: Quicksilver's own code
     for Quicksilver, LLaDA and Dream checkpoints; transformers for DiffusionGemma.  ``dtype`` None
     keeps the checkpoint's (float32 for the bundled models' bf16 weights on CPU)."""
-    from .checkpoint import resolve_model_path
+    from .loading.checkpoint import resolve_model_path
     from .device import resolve_device
-    from .families import family_of, read_config
+    from .loading.families import family_of, read_config
     device = resolve_device(device)
     folder = resolve_model_path(name_or_path)
     family = family_of(read_config(folder))
     if family == "diffusion_gemma":
-        from .families.diffusion_gemma import DiffusionGemmaBackend
+        from .loading.families.diffusion_gemma import DiffusionGemmaBackend
         return DiffusionGemmaBackend.from_folder(folder, name=str(name_or_path), device=device, dtype=dtype)
     if family == "quicksilver" and dtype is None:
         dtype = torch.float32

@@ -1,5 +1,5 @@
 """How many torch threads decoding and training use: ``--threads``, else ``QUICKSILVER_THREADS``, else
-a measured default.
+``OMP_NUM_THREADS`` (torchrun sets it), else a measured default.
 
 Why a default of our own: torch starts one thread per core.  On a small machine that is doing
 anything else (a second process, the server's own threads, another user) those threads wait on
@@ -42,6 +42,9 @@ def resolve_threads(option: int | None = None) -> tuple[int, str]:
         if not raw.isdigit() or int(raw) < 1:
             raise ThreadsError(f"{ENV} must be a positive integer, got '{raw}'")
         return int(raw), ENV
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if omp.isdigit() and int(omp) >= 1:  # torchrun sets it per process; so do careful users
+        return int(omp), "OMP_NUM_THREADS"
     return default_threads(), f"default: half of {available_cpus()} CPU(s)"
 
 

@@ -31,7 +31,7 @@ class UserError(Exception):
 # The library's errors a user can cause, by module and class name: looked up only when an error is
 # being reported (a module that was never imported cannot have raised), so no command pays for
 # importing them up front.
-USER_ERRORS = [("quicksilver.checkpoint", "CheckpointError"), ("quicksilver.config", "ConfigError"),
+USER_ERRORS = [("quicksilver.loading.checkpoint", "CheckpointError"), ("quicksilver.config", "ConfigError"),
                ("quicksilver.data.shards", "DatasetError"), ("quicksilver.sampling.types", "GenerationError"),
                ("quicksilver.tokenizer", "TokenizerError"), ("quicksilver.chat", "ChatTemplateError"),
                ("quicksilver.device", "DeviceError"), ("quicksilver.threads", "ThreadsError")]

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from . import UserError, app, console, err_console, user_errors
+from . import UserError, app, console, threads_option, user_errors
 
 
 @app.command()
@@ -29,13 +29,15 @@ def bench(
     hf: bool = typer.Option(True, "--hf/--no-hf", help="Include transformers' generate() on the exported twin."),
     profile: bool = typer.Option(False, help="Also report where the time goes (body, head, sampler, ops)."),
     checkpoint: List[Path] = typer.Option([], help="Also report tokens/forward of these diffusion checkpoints."),
-    threads: Optional[int] = typer.Option(None, help="torch threads (default: torch's choice)."),
+    threads: Optional[int] = threads_option(),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     out: Path = typer.Option(Path("benchmarks/results"), help="Folder for bench.json, bench.md and bench.png."),
 ):
     """Benchmark diffusion decoding settings against the AR twin on HumanEval prompts."""
     import json
     import os
+
+    from ..threads import resolve_threads
 
     from ..eval.bench import (AR_SYSTEMS, DIFFUSION_SETTINGS, BenchConfig, markdown_table, run_benchmark, target_lines,
                         write_outputs)
@@ -62,7 +64,7 @@ def bench(
                       block_length=block_length, batch_sizes=tuple(batch_size), repeats=repeats, warmup=warmup,
                       slow_repeats=slow_repeats,
                       dtype=dtype, systems=tuple(system) or None, hf=hf, profile=profile,
-                      checkpoints=tuple(str(c) for c in checkpoint), threads=threads, device=device,
+                      checkpoints=tuple(str(c) for c in checkpoint), threads=resolve_threads(threads)[0], device=device,
                       out_dir=str(out), prompts=explicit)
     try:
         result = run_benchmark(cfg, log=lambda m: console.print(m, highlight=False, markup=False))

@@ -35,7 +35,7 @@ def data_build(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from ..checkpoint import BUNDLED_DIR
+    from ..loading.checkpoint import BUNDLED_DIR
     from ..data import build_dataset, folder_source, stdlib_source
     from ..data.dedupe import MinHashConfig
     from ..data.pypi import load_packages

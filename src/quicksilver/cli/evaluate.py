@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from . import UserError, eval_app, console, err_console, user_errors
+from . import UserError, console, err_console, eval_app, threads_option, user_errors
 
 EVAL_OUT = Path("docs/eval")
 
@@ -28,17 +28,17 @@ def _eval_progress(description: str):
     return bar, update
 
 
-def _eval_system(model: Optional[str], endpoint: Optional[str], setting: str, block_length: int, cache: str,
+def _eval_system(model: Optional[str], endpoint: Optional[str], setting: str, block_length: int, cache: Optional[str],
                  batch_size: int, device: str, endpoint_model: Optional[str] = None, extra: Optional[str] = None,
                  threads: Optional[int] = None):
     import json
 
-    import torch
-
+    from ..device import resolve_device
     from ..eval.systems import system_from_options
+    from ..threads import apply_threads
 
-    if threads:
-        torch.set_num_threads(threads)
+    apply_threads(threads)
+    device = resolve_device(device)
     if (batch_size is not None and batch_size <= 0) or block_length <= 0:
         raise UserError("--batch-size and --block-length must be positive")
     if extra:
@@ -87,7 +87,11 @@ def _finish(ctx: typer.Context, result: dict, system, setting: str, out: Path) -
 
 
 _MODEL_HELP = "Bundled model name or checkpoint folder (or the model name sent to --endpoint)."
-_SETTING_HELP = "Diffusion decoding: fixed:K (K tokens per forward), threshold:T, factor:F or entropy:B."
+# The default decoding of every entry point (``eval.systems.DEFAULT_SETTING``, spelled out here so that
+# the command's --help does not import torch; tests/test_cli_startup.py checks the two agree).
+DEFAULT_SETTING = "preset:fast"
+_SETTING_HELP = ("Diffusion decoding: preset:NAME (preset:fast, the default of every entry point; preset:reference, "
+                 "one token per pass), fixed:K (K tokens per forward), threshold:T, factor:F or entropy:B.")
 
 
 @eval_app.command("humaneval")
@@ -97,9 +101,10 @@ def eval_humaneval(
     model: Optional[str] = typer.Option("coder-tiny", "--model", "-m", help=_MODEL_HELP),
     endpoint: Optional[str] = typer.Option(None, help="OpenAI-compatible base URL to test instead of a local model."),
     extra: Optional[str] = typer.Option(None, help="Extra JSON fields for each --endpoint request."),
-    setting: str = typer.Option("fixed:1", help=_SETTING_HELP),
+    setting: str = typer.Option(DEFAULT_SETTING, help=_SETTING_HELP),
     block_length: int = typer.Option(32, help="Diffusion block length."),
-    cache: str = typer.Option("none", help="Diffusion KV cache: none, prefix or dual."),
+    cache: Optional[str] = typer.Option(None, help="Diffusion KV cache: none, prefix or dual (default: the "
+                                                    "setting's own; none for fixed/threshold/factor/entropy)."),
     n: int = typer.Option(1, help="Samples per problem."),
     k: List[int] = typer.Option([1], "--k", help="pass@k to report (repeatable; needs k <= n)."),
     temperature: float = typer.Option(0.0, help="0 is greedy (use n=1)."),
@@ -111,7 +116,7 @@ def eval_humaneval(
     timeout: float = typer.Option(5.0, help="Wall-clock seconds per test run."),
     memory_mb: int = typer.Option(1024, help="Address-space limit per test run."),
     workers: int = typer.Option(2, help="Test runs at a time."),
-    threads: Optional[int] = typer.Option(None, help="torch threads."),
+    threads: Optional[int] = threads_option(),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     out: Path = typer.Option(EVAL_OUT, help="Folder for the result JSON."),
 ):
@@ -146,7 +151,7 @@ def eval_infill(
     extra: Optional[str] = typer.Option(None, help="Extra JSON fields for each --endpoint request."),
     mode: str = typer.Option("single-line", help="single-line, multi-line or random-span."),
     budget: Optional[int] = typer.Option(None, help="Hole length budget in tokens (default 24 / 64 / 48 by mode)."),
-    setting: str = typer.Option("fixed:1", help=_SETTING_HELP),
+    setting: str = typer.Option(DEFAULT_SETTING, help=_SETTING_HELP),
     block_length: int = typer.Option(32, help="Diffusion block length within the hole."),
     limit: Optional[int] = typer.Option(None, help="Only this many tasks, evenly spread (default all)."),
     batch_size: Optional[int] = typer.Option(None, help="Tasks decoded together (default: 1 for a "
@@ -154,7 +159,7 @@ def eval_infill(
     timeout: float = typer.Option(5.0, help="Wall-clock seconds per test run."),
     memory_mb: int = typer.Option(1024, help="Address-space limit per test run."),
     workers: int = typer.Option(2, help="Test runs at a time."),
-    threads: Optional[int] = typer.Option(None, help="torch threads."),
+    threads: Optional[int] = threads_option(),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     out: Path = typer.Option(EVAL_OUT, help="Folder for the result JSON."),
 ):
@@ -166,7 +171,7 @@ def eval_infill(
         raise UserError(f"--mode must be one of {', '.join(MODES)}")
     if (budget is not None and budget < 1) or (limit is not None and limit < 1):
         raise UserError("--budget and --limit must be positive")
-    system = _eval_system(model, endpoint, setting, block_length, "none", batch_size, device, extra=extra,
+    system = _eval_system(model, endpoint, setting, block_length, None, batch_size, device, extra=extra,
                           threads=threads)
     bar, update = _eval_progress(f"infill {mode}")
     try:
@@ -191,7 +196,7 @@ def eval_ppl(
     samples: int = typer.Option(16, help="Diffusion: Monte Carlo mask samples per window."),
     batch_size: int = typer.Option(32, help="Sequences per forward pass."),
     seed: int = typer.Option(0, help="Seed of the mask draws."),
-    threads: Optional[int] = typer.Option(None, help="torch threads."),
+    threads: Optional[int] = threads_option(),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     out: Path = typer.Option(EVAL_OUT, help="Folder for the result JSON."),
 ):
@@ -224,7 +229,7 @@ def eval_curve(
     batch_size: Optional[int] = typer.Option(None, help="Prompts decoded together (default: 1 for a "
                                               "diffusion model on CPU, 8 otherwise)."),
     workers: int = typer.Option(2, help="Test runs at a time."),
-    threads: Optional[int] = typer.Option(None, help="torch threads."),
+    threads: Optional[int] = threads_option(),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     out: Path = typer.Option(EVAL_OUT, help="Folder for curve.json and curve.png."),
 ):

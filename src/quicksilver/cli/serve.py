@@ -1,12 +1,11 @@
 """`quicksilver serve`: the OpenAI-compatible server and the playground (docs/serving.md)."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from . import UserError, app, console, err_console, user_errors
+from . import UserError, app, console, err_console, threads_option, user_errors
 
 
 @app.command()
@@ -27,37 +26,36 @@ def serve(
     max_body: int = typer.Option(1_000_000, help="Largest request body in bytes (413 past it)."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
-    threads: Optional[int] = typer.Option(None, help="torch threads for decoding (default: torch's choice; on a "
-                                                     "busy CPU 1 is often faster)."),
+    threads: Optional[int] = threads_option(),
 ):
     """Serve MODEL over the OpenAI API (completions, chat, streaming with diffusion drafts) and the
     playground page at http://HOST:PORT/."""
-    from ..checkpoint import resolve_model_path
+    if min(max_batch, max_queue, max_n, max_body) < 1 or time_limit <= 0:
+        raise UserError("--max-batch, --max-queue, --max-n, --max-body and --time-limit must be positive")
+    if not 0 < port < 65536:
+        raise UserError(f"--port must be between 1 and 65535, got {port}")
+    from ..threads import resolve_threads
 
+    count, source = resolve_threads(threads)
     try:
         import uvicorn
 
         from ..server import ServerSettings, create_app
     except ImportError:
         raise UserError("the server needs FastAPI and uvicorn: pip install 'quicksilver-lm[serve]'") from None
+    from ..device import resolve_device
+    from ..loading.checkpoint import resolve_model_path
+
     resolve_model_path(model)  # a missing model is an error now, not after the socket is up
-    if min(max_batch, max_queue, max_n, max_body) < 1 or time_limit <= 0:
-        raise UserError("--max-batch, --max-queue, --max-n, --max-body and --time-limit must be positive")
-    if not 0 < port < 65536:
-        raise UserError(f"--port must be between 1 and 65535, got {port}")
-    if threads is not None and threads <= 0:
-        raise UserError("--threads must be a positive integer")
+    device = resolve_device(device)
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         err_console.print(f"warning: listening on {host} without an API key: anyone who can reach this port can "
                           "use the model (set --api-key or QUICKSILVER_API_KEY)", style="yellow")
     settings = ServerSettings(model=model, api_key=api_key or None, cors_origins=tuple(cor for cor in cors_origin),
                               max_batch=max_batch, max_queue=max_queue, max_n=max_n, time_limit_s=time_limit,
-                              max_body=max_body, device=device)
+                              max_body=max_body, device=device, threads=count, threads_source=source)
     console.print(f"serving {model} on http://{host}:{port}/ (OpenAI API at /v1; "
-                  f"{'API key required' if api_key else 'no API key'})", highlight=False)
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
+                  f"{'API key required' if api_key else 'no API key'}; {device}, {count} torch thread"
+                  f"{'s' if count > 1 else ''} ({source}))", highlight=False)
     uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
 

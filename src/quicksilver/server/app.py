@@ -56,6 +56,8 @@ class ServerSettings:
     max_tokens_limit: int | None = None  # the most a request may ask for; None: the model's context
     device: str | None = None
     drain_s: float = 10.0  # on shutdown, how long running requests may finish
+    threads: int | None = None  # torch threads for decoding; None leaves torch's setting alone
+    threads_source: str = ""  # where that number came from (``quicksilver.threads``), for the log
 
 
 @dataclass
@@ -82,6 +84,16 @@ def _load_backend(settings: ServerSettings) -> Backend:
     return load_backend(settings.model, device=settings.device)
 
 
+def _apply_threads(settings: ServerSettings) -> None:
+    """Set and log the torch thread count the CLI picked (``quicksilver.threads``)."""
+    if settings.threads is None:
+        return
+    import torch
+
+    torch.set_num_threads(settings.threads)
+    log.info("torch threads: %d (%s)", settings.threads, settings.threads_source or "set")
+
+
 def create_app(settings: ServerSettings | None = None, backend: Backend | None = None,
                loader: Callable[[ServerSettings], Backend] | None = None) -> FastAPI:
     """The app.  The model loads in a background thread at startup (``/health`` is 503 meanwhile),
@@ -91,6 +103,7 @@ def create_app(settings: ServerSettings | None = None, backend: Backend | None =
 
     def load_in_background() -> None:
         try:
+            _apply_threads(settings)
             b = backend if backend is not None else (loader or _load_backend)(settings)
             engine = Engine(b, EngineConfig(max_batch=settings.max_batch, max_queue=settings.max_queue,
                                             time_limit_s=settings.time_limit_s, max_n=settings.max_n)).start()

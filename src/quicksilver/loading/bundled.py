@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-BUNDLED_DIR = Path(__file__).parent / "models"
+BUNDLED_DIR = Path(__file__).parent.parent / "models"
 
 
 def bundled_models() -> list[str]:

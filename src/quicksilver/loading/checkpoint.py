@@ -13,9 +13,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import ConfigError, ModelConfig
-from .model import Transformer
-from .tokenizer import Tokenizer, TokenizerError
+from ..config import ConfigError, ModelConfig
+from ..model import Transformer
+from ..tokenizer import Tokenizer, TokenizerError
 
 from .bundled import BUNDLED_DIR, bundled_models  # noqa: F401  (re-exported: callers import them from here)
 
