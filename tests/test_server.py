@@ -145,13 +145,14 @@ BAD = [
     ("temperature < 0", {"prompt": "x", "temperature": -0.5}, 400, "temperature"),
     ("top_p > 1", {"prompt": "x", "top_p": 1.5}, 400, "top_p"),
     ("n over cap", {"prompt": "x", "n": 5}, 400, "n must be at most 4"),
-    ("too many stops", {"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+    ("too many stops", {"prompt": "x", "stop": [f"s{i}" for i in range(33)]}, 400, "at most 32"),
     ("unknown commit rule", {"prompt": "x", "commit": "guess"}, 400, "commit"),
     ("zero block length", {"prompt": "x", "block_length": 0}, 400, "block_length"),
     ("prompt of wrong type", {"prompt": 42}, 400, "prompt"),
     ("missing prompt", {}, 400, "prompt"),
     ("unknown model", {"prompt": "x", "model": "gpt-9"}, 404, "does not exist"),
-    ("logprobs", {"prompt": "x", "logprobs": 3}, 400, "logprobs"),
+    ("logprobs of a diffusion model", {"prompt": "x", "logprobs": 3}, 400, "autoregressive"),
+    ("n far over cap", {"prompt": "x", "n": 500}, 400, "n must be at most 4"),
 ]
 
 

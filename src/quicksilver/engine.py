@@ -77,6 +77,11 @@ class Finished:
     finish_reason: str  # "stop" | "length"
     tokens: int  # generated tokens (before a stop-sequence cut)
     nfe: int  # forward passes this choice took part in
+    # The generated ids (before a stop-sequence cut, without end of text), whether end of text ended
+    # them, and whether a stop sequence cut the text: what the server's ``logprobs`` scores.
+    ids: list[int] = field(default_factory=list)
+    eos: bool = False
+    cut: bool = False
 
 
 @dataclass
@@ -204,7 +209,8 @@ class RowState:
         self._send(text)
         reason = "stop" if (hit or ended_by_eos) else "length"
         self.tokens = len(ids)
-        self.request.sink(Finished(self.index, text, reason, len(ids), self.nfe))
+        self.request.sink(Finished(self.index, text, reason, len(ids), self.nfe, ids=list(ids), eos=ended_by_eos,
+                                   cut=hit))
 
     def finish_early(self) -> None:
         """Out of time, or settled by a stop sequence: the final text is the committed prefix."""
