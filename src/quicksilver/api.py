@@ -178,6 +178,9 @@ class LM:
             return self.infill(prompt, suffix, on_step=on_step, policy=policy)
         single = isinstance(prompt, str) or (isinstance(prompt, (list, tuple)) and bool(prompt)
                                              and all(type(t) is int for t in prompt))
+        if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(t, (int, float)) for t in prompt) \
+                and not single:
+            raise GenerationError("token ids must be whole numbers (a list of integers)")
         prompts = [prompt] if single else prompt
         if not isinstance(prompts, (list, tuple)) or not prompts:
             raise GenerationError(f"the prompt must be a string, a list of token ids or a list of those, "
