@@ -75,6 +75,21 @@ def import_graph(package_dir: Path = SRC) -> dict[str, dict[str, int]]:
     return graph
 
 
+def outside_imports(package_dir: Path = SRC) -> dict[str, set[str]]:
+    """Module -> top-level names of the other packages it imports (``fastapi``, ``torch`` ...)."""
+    out: dict[str, set[str]] = {}
+    for name, (path, _) in module_files(package_dir).items():
+        found = set()
+        for node in _imports(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                found.update(alias.name.split(".")[0] for alias in node.names)
+            elif not node.level and node.module:
+                found.add(node.module.split(".")[0])
+        found.discard(package_dir.name)
+        out[name] = found
+    return out
+
+
 def cycles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
     """The strongly connected components with more than one module (Tarjan's algorithm, iterative)."""
     index: dict[str, int] = {}

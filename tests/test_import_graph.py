@@ -1,4 +1,5 @@
-"""The package has no import cycles: each module can be understood (and imported) from those below it.
+"""The package has no import cycles, and no part imports what the architecture says it must not know
+(docs/architecture.md): each module can be understood (and imported) from those below it.
 
 The graph is read with ``ast`` by ``scripts/import_graph.py`` (which says which imports count and why:
 imports inside functions count, those under ``if TYPE_CHECKING:`` do not).  The checker is first shown
@@ -58,3 +59,41 @@ def test_quicksilver_has_no_import_cycle():
     assert "quicksilver.loading.checkpoint" in graph and "quicksilver.eval.systems" in graph
     found = import_graph.cycles(graph)
     assert not found, "import cycles: " + " | ".join(import_graph.describe_cycle(graph, c) for c in found)
+
+
+# What each part must not import: the promises of docs/architecture.md that an import would break.
+# The foundations know nothing built on them; sampling is functions over a model; the engine holds no
+# HTTP; loading and training do not reach up into serving or evaluation.
+_ABOVE_FOUNDATIONS = {"sampling", "loading", "training", "eval", "engine", "server", "api", "backend", "live", "cli"}
+MUST_NOT_IMPORT = {
+    "config": _ABOVE_FOUNDATIONS, "model": _ABOVE_FOUNDATIONS, "tokenizer": _ABOVE_FOUNDATIONS,
+    "chat": _ABOVE_FOUNDATIONS, "diffusion": _ABOVE_FOUNDATIONS,
+    "sampling": {"loading", "training", "eval", "engine", "server", "api", "cli"},
+    "loading": {"training", "eval", "engine", "server", "cli"},
+    "training": {"eval", "engine", "server", "cli"},
+    "engine": {"server", "eval", "training", "cli"},
+    "eval": {"server", "training", "cli"},
+}
+HTTP_PACKAGES = {"fastapi", "starlette", "uvicorn", "pydantic", "httpx"}
+
+
+def test_each_part_imports_only_what_the_architecture_allows():
+    graph = import_graph.import_graph(ROOT / "src" / "quicksilver")
+    broken = [f"{a}:{line} imports {b}" for a, edges in graph.items() for b, line in edges.items()
+              if import_graph.part_of(b) in MUST_NOT_IMPORT.get(import_graph.part_of(a), ())]
+    assert not broken, broken
+
+
+def test_only_the_server_and_the_cli_speak_http():
+    outside = import_graph.outside_imports(ROOT / "src" / "quicksilver")
+    speaking = {m for m, names in outside.items() if names & HTTP_PACKAGES}
+    assert speaking and all(import_graph.part_of(m) in ("server", "cli") for m in speaking), sorted(speaking)
+
+
+def test_the_rules_catch_a_forbidden_import(tmp_path):
+    root = _package(tmp_path, {"__init__.py": "", "model.py": "def f():\n    from .server import app\n",
+                               "server.py": "import fastapi\napp = 1\n"})
+    graph = import_graph.import_graph(root)
+    assert graph["pkg.model"] == {"pkg.server": 2}
+    assert import_graph.part_of("pkg.model") == "model" and "server" in MUST_NOT_IMPORT["model"]
+    assert import_graph.outside_imports(root)["pkg.server"] == {"fastapi"}
