@@ -2,86 +2,24 @@
 errors a user can cause into one clear sentence and a non-zero exit.
 
 One module per command group (``generate``, ``train``, ``serve``, ``data``, ``bench``, ``evaluate``);
-this one holds the app, the consoles and the error handling they share.  Nothing here or in them
+``common`` holds the app, the consoles and the error handling they share.  Nothing here or in them
 imports torch (or any other heavy module) at import time: each command imports what it needs when
 it runs, so ``quicksilver --help``, ``quicksilver models`` and argument errors answer at once
 (``tests/test_cli_startup.py`` holds that line)."""
 from __future__ import annotations
 
-import functools
-import sys
-
-import typer
-from rich.console import Console
-from rich.text import Text
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Quicksilver: masked-diffusion language models that draft whole answers and refine them in parallel.")
-data_app = typer.Typer(no_args_is_help=True, help="Build training corpora.")
-eval_app = typer.Typer(no_args_is_help=True, help="Evaluate a model (or any OpenAI-compatible endpoint): "
-                       "HumanEval pass@k, infilling, bits per byte, the speed-quality curve.")
-console = Console()
-err_console = Console(stderr=True)
-
-
-class UserError(Exception):
-    """Bad input from the user: reported as one sentence, exit code 2."""
-
-
-# The library's errors a user can cause, by module and class name: looked up only when an error is
-# being reported (a module that was never imported cannot have raised), so no command pays for
-# importing them up front.
-USER_ERRORS = [("quicksilver.loading.checkpoint", "CheckpointError"), ("quicksilver.config", "ConfigError"),
-               ("quicksilver.data.shards", "DatasetError"), ("quicksilver.sampling.types", "GenerationError"),
-               ("quicksilver.tokenizer", "TokenizerError"), ("quicksilver.chat", "ChatTemplateError"),
-               ("quicksilver.device", "DeviceError"), ("quicksilver.threads", "ThreadsError")]
-
-
-def is_user_error(error: BaseException) -> bool:
-    if isinstance(error, (UserError, FileNotFoundError)):
-        return True
-    for module, name in USER_ERRORS:
-        cls = getattr(sys.modules.get(module), name, None)
-        if cls is not None and isinstance(error, cls):
-            return True
-    return False
-
-
-def user_errors(fn):
-    """Report the errors a user can cause as 'error: <sentence>' with exit code 2, never a traceback."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as e:
-            if not is_user_error(e):
-                raise
-            message = str(e).rstrip(".")
-            err_console.print(Text("error: ", style="bold red") + Text(f"{message}."), soft_wrap=True)
-            raise typer.Exit(2) from None
-    return wrapper
-
-
-def threads_option(help_text: str = "torch threads (default: QUICKSILVER_THREADS, else half the CPUs, at least 1).",
-                   ) -> typer.models.OptionInfo:
-    """The ``--threads`` option every command that decodes or trains takes (``quicksilver.threads``)."""
-    return typer.Option(None, "--threads", help=help_text)
+# Importing a command module registers its commands (in the order --help lists them).
+from . import generate as _generate  # noqa: F401
+from . import train as _train  # noqa: F401
+from . import serve as _serve  # noqa: F401
+from . import data as _data  # noqa: F401
+from . import bench as _bench  # noqa: F401
+from . import evaluate as _evaluate  # noqa: F401
+from .common import UserError, app, console, data_app, err_console, eval_app, user_errors
 
 
 def main() -> None:
     app()
 
-
-# Register the commands (in the order --help lists them).  Each module only defines functions.
-from . import generate as _generate  # noqa: E402,F401
-from . import train as _train  # noqa: E402,F401
-from . import serve as _serve  # noqa: E402,F401
-
-app.add_typer(data_app, name="data")
-from . import data as _data  # noqa: E402,F401
-from . import bench as _bench  # noqa: E402,F401
-
-app.add_typer(eval_app, name="eval")
-from . import evaluate as _evaluate  # noqa: E402,F401
 
 __all__ = ["app", "data_app", "eval_app", "console", "err_console", "UserError", "user_errors", "main"]

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from . import UserError, app, console, threads_option, user_errors
+from .common import UserError, app, console, threads_option, user_errors
 
 
 @app.command()
@@ -39,8 +39,8 @@ def bench(
 
     from ..threads import resolve_threads
 
-    from ..eval.bench import (AR_SYSTEMS, DIFFUSION_SETTINGS, BenchConfig, markdown_table, run_benchmark, target_lines,
-                        write_outputs)
+    from ..eval.bench import AR_SYSTEMS, DIFFUSION_SETTINGS, BenchConfig, run_benchmark
+    from ..eval.bench_report import markdown_table, target_lines, write_outputs
 
     known = set(DIFFUSION_SETTINGS) | set(AR_SYSTEMS)
     for name in system:

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from . import UserError, data_app, console, err_console, user_errors
+from .common import UserError, data_app, console, err_console, user_errors
 
 
 @data_app.command("build")

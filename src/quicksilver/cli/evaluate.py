@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from . import UserError, console, err_console, eval_app, threads_option, user_errors
+from .common import UserError, console, err_console, eval_app, threads_option, user_errors
 
 EVAL_OUT = Path("docs/eval")
 

@@ -5,7 +5,7 @@ from typing import Optional
 
 import typer
 
-from . import UserError, app, console, threads_option, user_errors
+from .common import UserError, app, console, threads_option, user_errors
 
 
 @app.command()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import ast
 
-from . import UserError
+from .common import UserError
 
 
 def parse_overrides(items: list[str]) -> dict:

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from . import UserError, app, console, threads_option, user_errors
+from .common import UserError, app, console, threads_option, user_errors
 from .overrides import parse_overrides
 
 
