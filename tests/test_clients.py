@@ -18,7 +18,9 @@ import pytest
 
 from live_server import CLI_SERVER_KEY
 
-DATA = Path(__file__).parent / "data" / "lm_eval"
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "tests" / "data" / "lm_eval"
+TASKS = ROOT / "benchmarks" / "lm_eval_tasks"
 # Stops of the generate_until task: more than OpenAI's 4, and the harness adds end of text.
 STOPS = ["\n\n", "\ndef", "\nclass", "\nif", "\nfor", "\n#", "\"\"\""]
 
@@ -41,21 +43,17 @@ def offline(tmp_path_factory):
 # -- lm-evaluation-harness ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tasks(tmp_path_factory) -> Path:
-    """Two task files on the local JSON data: generate_until (cut at STOPS) and multiple_choice."""
+    """The task files docs/clients.md uses (benchmarks/lm_eval_tasks), with their data paths made
+    absolute: generate_until (cut at STOPS) and multiple_choice."""
+    import yaml
+
     folder = tmp_path_factory.mktemp("lm-eval-tasks")
-    (folder / "qs_complete.yaml").write_text(json.dumps({
-        "task": "qs_complete", "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": str(DATA / "qs_complete.jsonl")}},
-        "test_split": "test", "output_type": "generate_until",
-        "doc_to_text": "{{prompt}}", "doc_to_target": "{{answer}}",
-        "generation_kwargs": {"until": STOPS, "max_gen_toks": 24, "do_sample": False, "temperature": 0.0},
-        "metric_list": [{"metric": "exact_match"}], "metadata": {"version": 1}}))
-    (folder / "qs_choice.yaml").write_text(json.dumps({
-        "task": "qs_choice", "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": str(DATA / "qs_choice.jsonl")}},
-        "test_split": "test", "output_type": "multiple_choice", "target_delimiter": "",
-        "doc_to_text": "{{context}}", "doc_to_choice": "{{choices}}", "doc_to_target": "{{label}}",
-        "metric_list": [{"metric": "acc"}], "metadata": {"version": 1}}))
+    for source in sorted(TASKS.glob("*.yaml")):
+        config = yaml.safe_load(source.read_text())
+        files = config["dataset_kwargs"]["data_files"]
+        files["test"] = str(ROOT / files["test"])
+        (folder / source.name).write_text(yaml.safe_dump(config))
+    assert yaml.safe_load((TASKS / "qs_complete.yaml").read_text())["generation_kwargs"]["until"] == STOPS
     return folder
 
 
