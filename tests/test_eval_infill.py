@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from quicksilver.eval.humaneval import load_problems
+from quicksilver.eval.completion import Completion
 from quicksilver.eval.infill import boundary, build_tasks, reference_fill, run_infill, select, trim_fill
 from quicksilver.eval.sandbox import SandboxLimits
-from quicksilver.eval.systems import Completion, LocalSystem, policy_from_setting
+from quicksilver.eval.systems import LocalSystem, policy_from_setting
 from quicksilver.model import Transformer
 from quicksilver.sampling import Canvas, fill
 from tests.conftest import tiny_config

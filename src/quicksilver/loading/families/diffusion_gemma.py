@@ -26,11 +26,11 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import CheckpointError
-from ..sampling import DecodePolicy, GenerationError, StepEvent, TextResult
-from ..sampling.batch import left_pad
-from ..sampling.stops import cut_at_eos
-from ..tokenizer import ExternalTokenizer, TokenizerError
+from ..layout import CheckpointError
+from ...sampling import DecodePolicy, GenerationError, StepEvent, TextResult
+from ...sampling.batch import left_pad
+from ...sampling.stops import cut_at_eos
+from ...tokenizer import ExternalTokenizer, TokenizerError
 
 NO_TOKEN = -1  # the canvas has no mask token: positions not yet accepted are shown as -1
 DEFAULT_STEPS = 48
