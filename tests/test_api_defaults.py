@@ -6,7 +6,7 @@ import pytest
 
 import quicksilver
 from quicksilver.sampling import GenerationError, preset_policy
-from quicksilver.sampling.presets import DEFAULT_PRESET
+from quicksilver.sampling.policy import DEFAULT_PRESET
 
 PROMPT = "def fibonacci(n):"
 

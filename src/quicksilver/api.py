@@ -13,8 +13,9 @@ import torch
 from .chat import render_chat
 from .loading.checkpoint import load_model
 from .model import Transformer
-from .sampling import DecodePolicy, GenerationError, GenerationResult, StepEvent, generate
-from .sampling.infill import diffusion_infill
+from .sampling import Canvas, DecodePolicy, GenerationError, StepEvent, TextResult, fill, generate, resolve_policy
+from .sampling.canvas import fim_prompt
+from .sampling.policy import FAMILY_DEFAULTS
 from .tokenizer import Tokenizer
 
 
@@ -47,25 +48,17 @@ class LM:
 
     @property
     def stop_ids(self) -> list[int]:  # optional for a Backend: end of text and end of turn (LLaDA, Dream)
-        return [int(i) for i in getattr(self.model.config, "stop_ids", [self.model.config.eos_token_id])]
+        return [int(i) for i in self.model.config.stop_ids]
 
     @property
     def default_policy(self) -> DecodePolicy:
         """What every entry point (``generate`` here, the CLI, the server, eval) decodes with when the
-        caller names no decoding option: for Quicksilver's diffusion models the ``fast`` preset
-        (``sampling.presets.DEFAULT_PRESET``: DualCache, incremental refresh, threshold 0.3, early
-        stop; the fastest measured setting that keeps the reference sampler's output, see
-        docs/benchmarks.md); greedy left-to-right decoding for the AR twin.  LLaDA and Dream get their
-        reference sampler (``sampling.presets.FAMILY_DEFAULTS``).  ``preset="reference"`` is the
-        reference sampler."""
-        from .sampling.presets import DEFAULT_PRESET, FAMILY_DEFAULTS, preset_policy
-
-        family = FAMILY_DEFAULTS.get(getattr(self.model.config, "family", None))
-        if family:
-            return preset_policy(family)
-        if self.is_diffusion:
-            return preset_policy(DEFAULT_PRESET)
-        return DecodePolicy()
+        caller names no decoding option: for Quicksilver's diffusion models ``sampling.policy.DEFAULT_PRESET``,
+        the ``fast`` preset (DualCache, incremental refresh, threshold 0.3, early stop: the fastest
+        measured setting that keeps the reference sampler's output, docs/benchmarks.md); for LLaDA and
+        Dream their family's reference sampler (``FAMILY_DEFAULTS``); greedy left-to-right decoding for
+        the AR twin.  ``preset="reference"`` is the reference sampler."""
+        return resolve_policy(FAMILY_DEFAULTS.get(self.model.config.family), diffusion=self.is_diffusion)
 
     @property
     def vocab_size(self) -> int:
@@ -97,30 +90,23 @@ class LM:
         return render_chat(messages, self.chat_template)
 
     def generate_ids(self, prompts: list[list[int]], policy: DecodePolicy,
-                     on_step: Callable[[StepEvent], None] | None = None) -> GenerationResult:
-        result = generate(self.model, prompts, policy, on_step=on_step)
-        result.texts = [self.tokenizer.decode(row) for row in result.ids]
-        return result
+                     on_step: Callable[[StepEvent], None] | None = None) -> TextResult:
+        return TextResult.of(generate(self.model, prompts, policy, on_step=on_step), self.tokenizer.decode)
 
     def infill_ids(self, prefix: list[int], suffix: list[int], policy: DecodePolicy,
-                   on_step: Callable[[StepEvent], None] | None = None) -> GenerationResult:
-        """Diffusion: masks between prefix and suffix (``sampling.infill``).  AR twin: its
-        prefix-suffix-middle format, ``<fim_prefix> prefix <fim_suffix> suffix <fim_middle>``."""
-        import time
-
+                   on_step: Callable[[StepEvent], None] | None = None) -> TextResult:
+        """Diffusion: the canvas ``[prefix | mask * max_new_tokens | suffix]`` through the block decoder.
+        AR twin: its prefix-suffix-middle prompt (``canvas.fim_prompt``) as a completion."""
         cfg = self.model.config
         if not self.is_diffusion:
-            return self.generate_ids([[cfg.fim_prefix_id, *prefix, cfg.fim_suffix_id, *suffix, cfg.fim_middle_id]],
-                                     policy, on_step)
-        if not prefix and not suffix:
-            raise GenerationError("the prompt is empty")
-        policy.validate()
-        start = time.perf_counter()
-        fills, forwards = diffusion_infill(self.model, [prefix], [suffix], policy.max_new_tokens, policy, on_step)
-        ids = fills[0]
-        return GenerationResult(ids=[ids], texts=[self.tokenizer.decode(ids)], nfe=forwards[0],
-                                generated_tokens=len(ids), seconds=time.perf_counter() - start,
-                                finished=[len(ids) < policy.max_new_tokens], row_forwards=forwards[0])
+            return self.generate_ids([fim_prompt(prefix, suffix, cfg.fim_prefix_id, cfg.fim_suffix_id,
+                                                 cfg.fim_middle_id)], policy, on_step)
+        return self.fill_ids([Canvas.infill(prefix, policy.max_new_tokens, suffix)], policy, on_step)
+
+    def fill_ids(self, canvases: list[Canvas], policy: DecodePolicy,
+                 on_step: Callable[[StepEvent], None] | None = None) -> TextResult:
+        """Fill any canvases (``sampling.canvas``); ``result.spans`` holds each row's spans."""
+        return TextResult.of(fill(self.model, canvases, policy, on_step=on_step), self.tokenizer.decode)
 
     def decoder(self, policy: DecodePolicy):
         """Step-level batching (optional capability the engine looks for): a ``BlockDecoder`` that
@@ -145,20 +131,16 @@ class LM:
         raise GenerationError(f"the prompt must be a string or a list of token ids, not {_kind(prompt)}")
 
     def policy(self, preset: str | None = None, **given) -> DecodePolicy:
-        """The decoding policy of a call: ``preset`` (default: the model's ``default_policy``) with
-        the fields given (None values ignored)."""
-        from .sampling.presets import override_policy, preset_policy
-
-        base = preset_policy(preset) if preset is not None else self.default_policy
-        policy = override_policy(base, **given)
-        policy.validate()
-        return policy
+        """The decoding policy of a call: ``preset`` (a preset or setting name; default: the model's
+        ``default_policy``) with the fields given (None values ignored), through ``sampling.policy``."""
+        return resolve_policy(preset, base=None if preset else self.default_policy, diffusion=self.is_diffusion,
+                              **given)
 
     def generate(self, prompt, max_new_tokens: int | None = None, steps: int | None = None,
                  block_length: int | None = None, temperature: float | None = None, top_k: int | None = None,
                  top_p: float | None = None, seed: int | None = None, stop_at_eos: bool | None = None,
                  on_step: Callable[[StepEvent], None] | None = None, suffix: str | None = None,
-                 preset: str | None = None, **decoding) -> GenerationResult:
+                 preset: str | None = None, **decoding) -> TextResult:
         """Complete one prompt (or a list of prompts, decoded as one batch).  A prompt is a string or
         a list of token ids.  With ``suffix`` the model fills the gap between ``prompt`` and
         ``suffix`` (``max_new_tokens`` is the gap's budget; see ``infill``).
@@ -186,13 +168,11 @@ class LM:
             raise GenerationError(f"the prompt must be a string, a list of token ids or a list of those, "
                                   f"not {_kind(prompt)}")
         ids = [self.encode_prompt(p) for p in prompts]
-        result = generate(self.model, ids, policy, on_step=on_step)
-        result.texts = [self.tokenizer.decode(row) for row in result.ids]
-        return result
+        return TextResult.of(generate(self.model, ids, policy, on_step=on_step), self.tokenizer.decode)
 
     def infill(self, prefix: str, suffix: str, max_new_tokens: int | None = None,
                on_step: Callable[[StepEvent], None] | None = None, policy: DecodePolicy | None = None,
-               preset: str | None = None, **decoding) -> GenerationResult:
+               preset: str | None = None, **decoding) -> TextResult:
         """Fill the gap between ``prefix`` and ``suffix`` (text): a diffusion model decodes masks
         between them; the AR twin generates in its prefix-suffix-middle format.  ``result.text`` is
         the middle; ``max_new_tokens`` (default 128, or the policy's) bounds it."""

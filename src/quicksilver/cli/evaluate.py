@@ -89,9 +89,10 @@ def _finish(ctx: typer.Context, result: dict, system, setting: str, out: Path) -
 _MODEL_HELP = "Bundled model name or checkpoint folder (or the model name sent to --endpoint)."
 # The default decoding of every entry point (``eval.systems.DEFAULT_SETTING``, spelled out here so that
 # the command's --help does not import torch; tests/test_cli_startup.py checks the two agree).
-DEFAULT_SETTING = "preset:fast"
-_SETTING_HELP = ("Diffusion decoding: preset:NAME (preset:fast, the default of every entry point; preset:reference, "
-                 "one token per pass), fixed:K (K tokens per forward), threshold:T, factor:F or entropy:B.")
+DEFAULT_SETTING = "fast"
+_SETTING_HELP = ("Diffusion decoding: a preset (fast, the default of every entry point; reference, one token per "
+                 "pass; quicksilver, llada, ...) or a setting such as dual-inc+thr0.7, fixed:K (K tokens per forward), "
+                 "threshold:T, factor:F, entropy:B (docs/serving.md, \"Decoding settings\").")
 
 
 @eval_app.command("humaneval")

@@ -16,16 +16,18 @@ def generate(
                               help="Bundled model name, checkpoint folder (Quicksilver, LLaDA, Dream, DiffusionGemma) "
                                    "or Hugging Face Hub id."),
     max_new_tokens: Optional[int] = typer.Option(None, help="Most tokens to generate (default 128, or the preset's)."),
-    steps: Optional[int] = typer.Option(None, help="Diffusion forward passes in all (default: one per token)."),
+    steps: Optional[int] = typer.Option(None, help="Diffusion forward passes in all (default: one per token); "
+                                                   "given alone it selects the fixed rule."),
     block_length: Optional[int] = typer.Option(None, help="Diffusion block length: positions decoded together "
                                                           "(default 32, or the preset's)."),
     temperature: Optional[float] = typer.Option(None, help="0 is greedy (default 0, or the preset's)."),
+    top_k: Optional[int] = typer.Option(None, help="Sample among the k most likely tokens (default 0: off)."),
     top_p: Optional[float] = typer.Option(None, help="Nucleus sampling threshold (default 1)."),
     seed: Optional[int] = typer.Option(None, help="Random seed for sampling at temperature > 0."),
-    preset: Optional[str] = typer.Option(None, help="A named decoding: fast (the default of Quicksilver's models), "
-                                                    "reference (one token per pass), or a family's reference sampler: "
-                                                    "llada, llada-pure, dream-entropy, dream-margin, dream-maskgit-plus "
-                                                    "(default: the model's own)."),
+    preset: Optional[str] = typer.Option(None, help="A preset or setting name: fast (the default of Quicksilver's "
+                                                    "models), reference (one token per pass), quicksilver, llada, "
+                                                    "llada-pure, dream-entropy, dream-margin, dream-maskgit-plus, or "
+                                                    "e.g. dual-inc+thr0.7 (docs/serving.md; default: the model's own)."),
     commit: Optional[str] = typer.Option(None, help="Diffusion commit rule: fixed (the reference schedule), threshold, "
                                          "factor or entropy (commit as many positions per step as the model is sure of)."),
     threshold: Optional[float] = typer.Option(None, help="--commit threshold: commit every position scored above this "
@@ -34,10 +36,17 @@ def generate(
     entropy_bound: Optional[float] = typer.Option(None, help="--commit entropy: summed entropy (nats) per step "
                                                              "(default 0.5)."),
     score: Optional[str] = typer.Option(None, help="How positions are ranked: probability, margin or entropy."),
+    schedule: Optional[str] = typer.Option(None, help="How the fixed rule shares a block out over its steps: "
+                                                      "linear (LLaDA) or dream."),
+    score_tempered: Optional[bool] = typer.Option(None, "--score-tempered/--no-score-tempered",
+                                                  help="Rank positions on the tempered distribution (Dream)."),
     cache: Optional[str] = typer.Option(None, help="Diffusion KV cache: none, prefix or dual."),
     refresh: Optional[str] = typer.Option(None, help="How a cached block starts: full or incremental."),
+    window: Optional[int] = typer.Option(None, help="Masked positions after the block the model sees (default: all)."),
     early_stop: Optional[bool] = typer.Option(None, "--early-stop/--no-early-stop",
                                               help="Stop as soon as end of text is final (no pass on trailing padding)."),
+    stop_at_eos: Optional[bool] = typer.Option(None, "--stop-at-eos/--no-stop-at-eos",
+                                               help="End at end of text (default on)."),
     chat: bool = typer.Option(False, "--chat", help="Send PROMPT as a user message through the model's chat template."),
     live: bool = typer.Option(True, "--live/--no-live", help="Show the canvas being refined (on a terminal; output "
                                                             "to a file or pipe gets the final text only)."),
@@ -57,14 +66,15 @@ def generate(
     from ..threads import resolve_threads
 
     resolve_threads(threads)  # a bad count or QUICKSILVER_THREADS fails before torch is imported
-    from ..sampling.presets import override_policy, preset_policy
+    from ..sampling.policy import resolve_policy
     from ..sampling.types import DecodePolicy
 
-    given = dict(max_new_tokens=max_new_tokens, steps=steps, block_length=block_length, temperature=temperature,
-                 top_p=top_p, seed=seed, commit=commit, threshold=threshold, factor=factor,
-                 entropy_bound=entropy_bound, score=score, cache=cache, refresh=refresh, early_stop=early_stop)
+    options = dict(max_new_tokens=max_new_tokens, steps=steps, block_length=block_length, temperature=temperature,
+                   top_k=top_k, top_p=top_p, seed=seed, commit=commit, threshold=threshold, factor=factor,
+                   entropy_bound=entropy_bound, score=score, schedule=schedule, score_tempered=score_tempered,
+                   cache=cache, refresh=refresh, window=window, early_stop=early_stop, stop_at_eos=stop_at_eos)
     # Check the options before anything is loaded or drawn, so a bad option prints only its error.
-    override_policy(preset_policy(preset) if preset is not None else DecodePolicy(), **given).validate()
+    resolve_policy(preset, base=None if preset else DecodePolicy(), **options)
     from ..device import resolve_device
     from ..threads import apply_threads
 
@@ -73,8 +83,7 @@ def generate(
     from ..api import load_backend
 
     lm = load_backend(model, device=device)
-    policy = override_policy(preset_policy(preset) if preset is not None else lm.default_policy, **given)
-    policy.validate()
+    policy = resolve_policy(preset, base=None if preset else lm.default_policy, diffusion=lm.is_diffusion, **options)
     text = lm.render_chat([{"role": "user", "content": prompt}]) if chat else prompt
     ids = [lm.encode(text)]
     if live and console.is_terminal:
