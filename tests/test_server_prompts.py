@@ -161,6 +161,8 @@ BAD = [
     ({"prompt": "x", "logprobs": 21}, "logprobs must be between 0 and 20"),
     ({"prompt": "x", "logprobs": 1, "stream": True}, "not available when streaming"),
     ({"prompt": "x", "echo": True, "suffix": "y"}, "cannot be combined with suffix"),
+    ({"prompt": "x", "stop": 42}, "'stop' must be a string or a list of strings"),
+    ({"prompt": "x", "stop": [1, 2]}, "'stop' must be a string or a list of strings"),
 ]
 
 
@@ -184,3 +186,10 @@ def test_logprobs_of_a_diffusion_model_is_a_clear_400(diffusion):
     assert r.status_code == 400
     message = r.json()["error"]["message"]
     assert "autoregressive" in message and "coder-tiny-ar" in message
+
+
+def test_a_union_field_of_the_wrong_type_is_named_once(ar_server):
+    r = post(ar_server, "/v1/chat/completions", {"messages": [{"role": "user", "content": 42}]})
+    assert r.status_code == 400
+    assert r.json()["error"]["message"] == "'messages.0.content' must be a string or a list of content parts"
+    assert r.json()["error"]["param"] == "messages.0.content"

@@ -3,6 +3,11 @@
 Quicksilver's own models (``api.LM``), LLaDA and Dream loaded into Quicksilver's model code, and
 DiffusionGemma running in transformers all present this interface, so the engine never asks which
 one it serves.  Token ids in, token ids and step events out; no HTTP, no threads.
+
+Optional attributes a backend may have (looked up with ``getattr``/``hasattr``): ``eos_id``,
+``stop_ids``, ``vocab_size`` (token-id prompts are checked against it), ``decoder(policy)`` (step-level
+batching) and ``score_ids(ids, top)`` (exact per-token log-probabilities of an autoregressive model,
+``eval.likelihood.TokenScores``: the server's ``echo``/``logprobs``).
 """
 from __future__ import annotations
 
