@@ -55,10 +55,21 @@ def test_padded_context_and_logits():
     context = ContextCache.from_full(full, mask, 12, 16, "dual")
     step = CapturedStep(model, batch=2, context_len=16, query_len=4, padded=True, logits=True)
     step.load_cache(context)
-    want = model.head(model.hidden_states(ids[:, 12:16], positions=pos[:, 12:16], cache=context))
-    assert torch.equal(step.run(ids[:, 12:16], pos[:, 12:16]), want)
+    hidden = model.hidden_states(ids[:, 12:16], positions=pos[:, 12:16], cache=context)
+    assert torch.equal(step.run(ids[:, 12:16], pos[:, 12:16]), model.head(hidden))
+    some = CapturedStep(model, batch=2, context_len=16, query_len=4, padded=True, logits=slice(1, 3))
+    some.load_cache(context)
+    assert torch.equal(some.run(ids[:, 12:16], pos[:, 12:16]), model.head(hidden[:, 1:3]))
     with pytest.raises(ValueError, match="padding mask"):
         CapturedStep(model, batch=2, context_len=16, query_len=4).load_cache(context)
+
+
+@torch.no_grad()
+def test_full_canvas_as_a_step_with_an_empty_context():
+    model = tiny_model(seed=4).eval()
+    ids, pos = _canvas(9, 1, 24, model.config.vocab_size)
+    step = CapturedStep(model, batch=1, context_len=0, query_len=24, logits=slice(8, 16))
+    torch.testing.assert_close(step.run(ids, pos), model(ids, positions=pos)[:, 8:16], rtol=1e-5, atol=1e-6)
 
 
 @torch.no_grad()

@@ -23,18 +23,20 @@ from .diffusion import ContextCache
 class CapturedStep:
     """``batch`` rows of ``query_len`` tokens against ``context_len`` cached positions.
 
-    ``logits``: also apply the LM head to every query position (the timing of a whole decoding
-    pass); otherwise the output is the final-norm hidden states, as ``model.hidden_states`` returns.
+    ``logits``: also apply the LM head, to every query position (True) or to a slice of them (the
+    positions a decoder reads, e.g. the active block of a full-canvas pass); otherwise the output is
+    the final-norm hidden states, as ``model.hidden_states`` returns.
     ``padded``: keep a context padding mask (rows of unequal prompts); without it every context key
     is attended, the faster case.  The output tensor is reused by the next ``run``: copy it to keep it.
     """
 
     def __init__(self, model, batch: int, context_len: int, query_len: int, *, padded: bool = False,
-                 logits: bool = False, graph: bool | None = None, compile: bool = False, warmup: int = 2) -> None:
+                 logits: bool | slice = False, graph: bool | None = None, compile: bool = False, warmup: int = 2) -> None:
         cfg = model.config
         param = next(model.parameters())
         device, dtype = param.device, param.dtype
-        self.model, self.logits = model, logits
+        self.model = model
+        self.head_rows = slice(None) if logits is True else (logits or None)
         self.context_len, self.query_len = context_len, query_len
         self.ids = torch.zeros(batch, query_len, dtype=torch.long, device=device)
         self.positions = torch.zeros(batch, query_len, dtype=torch.long, device=device)
@@ -50,17 +52,18 @@ class CapturedStep:
         self.out: torch.Tensor | None = None
         use_graph = device.type == "cuda" if graph is None else graph
         if use_graph:
-            if device.type != "cuda":
-                raise ValueError("a CUDA graph needs the model on a CUDA device")
-            self._capture(warmup)
+            self.capture(warmup)
 
     @torch.no_grad()
     def _forward(self) -> torch.Tensor:
         hidden = self.model.hidden_states(self.ids, positions=self.positions, cache=self.cache)
-        return self.model.head(hidden) if self.logits else hidden
+        return hidden if self.head_rows is None else self.model.head(hidden[:, self.head_rows])
 
     @torch.no_grad()
-    def _capture(self, warmup: int) -> None:
+    def capture(self, warmup: int = 2) -> None:
+        """Record the step as a CUDA graph (after ``warmup`` eager calls); later ``run``s replay it."""
+        if self.ids.device.type != "cuda":
+            raise ValueError("a CUDA graph needs the model on a CUDA device")
         # Warm-up on a side stream (allocator pools, cuBLAS workspaces, compiled kernels), then record.
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
