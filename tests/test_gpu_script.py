@@ -87,6 +87,7 @@ def test_rehearsal_end_to_end(tmp_path, tiny_dataset):
         for variant in ("eager", "graph"):
             assert entry["variants"][variant]["ms"] > 0
             assert entry["variants"][variant]["ran_as_graph"] is False  # no GPU: the same path, eagerly
+        assert entry["variants"]["graph"]["identical_to_eager"] is True
 
     rows = {(r["system"], r["batch"]): r for r in results["bench"]["rows"]}
     for system in ("ar-twin", "dual", "dual+thr0.9", "dual-inc+thr0.7", "dual-inc+thr0.3", "dual-inc+fixed4"):

@@ -101,8 +101,8 @@ def build_model(raw: dict, device: torch.device) -> Transformer:
     """Random bf16 weights made on the device (an 8B model would take minutes to initialise on a CPU)."""
     cfg = model_config(raw)
     with torch.device("meta"):
-        model = Transformer(cfg)
-    model = model.to_empty(device=device).to(torch.bfloat16).eval()
+        model = Transformer(cfg).to(torch.bfloat16)  # no memory yet: allocated once, in bf16, on the device
+    model = model.to_empty(device=device).eval()
     gen = torch.Generator(device=device).manual_seed(0)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -168,6 +168,7 @@ def main() -> None:
               "full_canvas": (0, total, slice(lo, lo + args.block))}
     compile_on = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
     vocab = model.config.vocab_size
+    inputs = {}
     for pname, (context, queries, rows) in passes.items():
         cost = pass_cost(model, context, queries, queries if rows == slice(None) else args.block)
         entry = result["passes"][pname] = {"context": context, "queries": queries, **cost, "variants": {}}
@@ -177,38 +178,55 @@ def main() -> None:
         entry["floors_ms"] = {src: {"bandwidth": cost["bytes"] / b * 1e3, "compute": cost["flops"] / f * 1e3}
                               for src, b, f in bw}
         ids = torch.randint(0, vocab, (1, queries), device=device)
-        positions = torch.arange(context, context + queries, device=device)[None] if context else \
-            torch.arange(queries, device=device)[None]
-        variants = [("eager", False, False), ("graph", True, False)]
-        if context and compile_on:
-            variants += [("compiled", False, True)]
-        for vname, graph, compiled in variants:
-            if time.time() - t0 > args.time_limit:
-                result["skipped"].append(f"{pname}/{vname}: time limit")
-                continue
-            try:
-                start = time.time()
-                step = CapturedStep(model, 1, context, queries, logits=rows, graph=graph and device.type == "cuda",
-                                    compile=compiled, warmup=2)
-                step.run(ids, positions)  # the first call compiles when compiled
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                setup_s = time.time() - start
-                timing = timer(lambda: step.run(ids, positions), args.repeats)
-                record = {**timing, "setup_s": round(setup_s, 2), "ran_as_graph": step.graph is not None}
-                entry["variants"][vname] = record
-                if compiled and device.type == "cuda" and time.time() - t0 < args.time_limit:
-                    step.capture()
-                    entry["variants"]["compiled+graph"] = {**timer(lambda: step.run(ids, positions), args.repeats),
-                                                           "ran_as_graph": True}
-                del step
-            except Exception as e:  # a failed variant is a result too; the others still run
-                entry["variants"][vname] = {"error": f"{type(e).__name__}: {e}"[:400]}
-            for vrec in entry["variants"].values():
-                if "ms" in vrec:
-                    vrec["x_floor"] = {src: round(vrec["ms"] / max(f["bandwidth"], f["compute"]), 3)
-                                       for src, f in entry["floors_ms"].items()}
-            save()
+        positions = torch.arange(context, context + queries, device=device)[None]
+        inputs[pname] = (ids, positions)
+    reference: dict[str, torch.Tensor] = {}
+
+    def agreement(pname: str, vname: str, out: torch.Tensor) -> dict:
+        """Logits of a variant against the eager pass on the same inputs (a graph replays the same kernels)."""
+        if vname == "eager":
+            reference[pname] = out.detach().float().clone()
+            return {}
+        if pname not in reference:
+            return {}
+        diff = (out.float() - reference[pname]).abs().max().item()
+        return {"identical_to_eager": diff == 0.0, "max_abs_diff_vs_eager": diff}
+
+    # Every pass eagerly and as a graph first; compiling (slow to start) last, the dual step first.
+    tasks = [(p, v) for p in passes for v in ("eager", "graph")]
+    if compile_on:
+        tasks += [("dual_step", "compiled"), ("ar_step", "compiled")]
+    for pname, vname in tasks:
+        context, queries, rows = passes[pname]
+        entry, (ids, positions) = result["passes"][pname], inputs[pname]
+        if time.time() - t0 > args.time_limit:
+            result["skipped"].append(f"{pname}/{vname}: time limit")
+            continue
+        graph, compiled = vname == "graph", vname == "compiled"
+        try:
+            start = time.time()
+            step = CapturedStep(model, 1, context, queries, logits=rows, graph=graph and device.type == "cuda",
+                                compile=compiled, warmup=2)
+            step.run(ids, positions)  # the first call compiles when compiled
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            setup_s = time.time() - start
+            timing = timer(lambda: step.run(ids, positions), args.repeats)
+            entry["variants"][vname] = {**timing, "setup_s": round(setup_s, 2), "ran_as_graph": step.graph is not None,
+                                        **agreement(pname, vname, step.run(ids, positions))}
+            if compiled and time.time() - t0 < args.time_limit:
+                step.capture()
+                entry["variants"]["compiled+graph"] = {**timer(lambda: step.run(ids, positions), args.repeats),
+                                                       "ran_as_graph": True,
+                                                       **agreement(pname, "compiled+graph", step.run(ids, positions))}
+            del step
+        except Exception as e:  # a failed variant is a result too; the others still run
+            entry["variants"][vname] = {"error": f"{type(e).__name__}: {e}"[:400]}
+        for vrec in entry["variants"].values():
+            if "ms" in vrec:
+                vrec["x_floor"] = {src: round(vrec["ms"] / max(f["bandwidth"], f["compute"]), 3)
+                                   for src, f in entry["floors_ms"].items()}
+        save()
     dual = result["passes"]["dual_step"]["variants"]
     best = min((v["ms"] for v in dual.values() if "ms" in v), default=None)
     if best:
