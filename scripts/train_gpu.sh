@@ -47,7 +47,7 @@ else
     CAP_DATA=15; CAP_PROBE=${CAP_PROBE:-15}; CAP_PACK=12; CAP_STEPS=${CAP_STEPS:-15}
     CAP_BENCH=${CAP_BENCH:-25}; CAP_ENGINE=${CAP_ENGINE:-15}; MARGIN=3
     MIN_TRAIN=20
-    OVERHEAD=6
+    OVERHEAD=8
     DEVICE=cpu; BENCH_DTYPE=fp32; SHAPE=tiny; NEW_TOKENS=16; ENGINE_TOKENS=16; PROMPTS=2
     # Tiny models on CPU, one thread: the same commands and files as the GPU run, scaled down.
     EXTRA=(--set model.hidden_size=64 --set model.intermediate_size=128 --set model.num_hidden_layers=2
