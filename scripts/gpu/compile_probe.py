@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from quicksilver.cli import _parse_overrides  # noqa: E402  (the --set spelling of quicksilver train)
 from quicksilver.data import ShardDataset  # noqa: E402
 from quicksilver.tokenizer import Tokenizer  # noqa: E402
-from quicksilver.train import (_loss_terms, build_model, compile_blocks, load_run_config, make_optimizer,  # noqa: E402
+from quicksilver.training.train import (_loss_terms, build_model, compile_blocks, load_run_config, make_optimizer,  # noqa: E402
                                pick_device, run_model_config, step_loss)
 
 

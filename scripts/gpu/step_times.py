@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
 import torch  # noqa: E402
 
-from quicksilver.families.llada import model_config  # noqa: E402
+from quicksilver.loading.families.llada import model_config  # noqa: E402
 from quicksilver.model import Transformer  # noqa: E402
 from quicksilver.sampling.captured import CapturedStep  # noqa: E402
 
