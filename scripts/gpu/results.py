@@ -4,7 +4,7 @@ phase, so whatever happened last is on record even if the device command is cut 
     python scripts/gpu/results.py WORK OUT/results.json --mode gpu --budget-s 530
 
 Reads from WORK: phases.jsonl (one line per phase: name, cap, seconds, exit status), probe.json,
-step_times.json, bench/bench.json (a digest: one row per system and batch) and engine.json.  The
+step_times.json, bench-b1/ and bench-b8/bench.json (a digest: one row per system and batch) and engine.json.  The
 training summaries themselves are in OUT/summary.json (scripts/gpu_run.py pack).
 """
 from __future__ import annotations
@@ -33,12 +33,9 @@ def merge(work: Path, mode: str, budget_s: float, wall_s: float) -> dict:
                  "compile_probe": _read(work / "probe.json"),
                  "step_times": _read(work / "step_times.json"),
                  "engine": _read(work / "engine.json")}
-    bench = _read(work / "bench" / "bench.json")
-    if bench is not None:
-        out["bench"] = {"rows": [{k: r.get(k) for k in BENCH_FIELDS} for r in bench.get("results", [])],
-                        "target": bench.get("target"), "environment": bench.get("environment")}
-    else:
-        out["bench"] = None
+    runs = [b for b in (_read(work / f"bench-b{n}" / "bench.json") for n in (1, 8)) if b is not None]
+    out["bench"] = {"rows": [{k: r.get(k) for k in BENCH_FIELDS} for b in runs for r in b.get("results", [])],
+                    "target": [b.get("target") for b in runs], "config": runs[0].get("config") if runs else None}
     return out
 
 
