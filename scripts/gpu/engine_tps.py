@@ -68,6 +68,8 @@ def main() -> None:
     parser.add_argument("--time-limit", type=float, default=45.0, help="seconds; later runs are skipped past it")
     args = parser.parse_args()
     t0 = time.time()
+    if os.environ.get("PHASE_DEADLINE"):  # scripts/train_gpu.sh: the phase's cap ends then (start-up counted)
+        args.time_limit = min(args.time_limit, float(os.environ["PHASE_DEADLINE"]) - t0 - 2)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -89,7 +91,8 @@ def main() -> None:
                ("diffusion dual cache + threshold 0.9", diffusion, dataclasses.replace(default, cache="dual")),
                ("AR twin", twin, dataclasses.replace(twin.default_policy, max_new_tokens=args.max_tokens))]
     for name, lm, policy in systems:
-        serve(lm, dataclasses.replace(policy, max_new_tokens=8), 1, 60)  # warm-up (kernels, allocator)
+        if time.time() - t0 < args.time_limit:
+            serve(lm, dataclasses.replace(policy, max_new_tokens=8), 1, 60)  # warm-up (kernels, allocator)
         for batch in args.batches:
             left = args.time_limit - (time.time() - t0)
             if left <= 1:

@@ -139,6 +139,8 @@ def main() -> None:
                         help="time torch.compile of the cached steps (auto: on a GPU only)")
     args = parser.parse_args()
     t0 = time.time()
+    if os.environ.get("PHASE_DEADLINE"):  # scripts/train_gpu.sh: the phase's cap ends then (start-up counted)
+        args.time_limit = min(args.time_limit, float(os.environ["PHASE_DEADLINE"]) - t0 - 2)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu":
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
