@@ -26,18 +26,24 @@ from step_times import TINY  # noqa: E402
 def test_slice_is_spread_compressed_and_inflates_to_source_tokens(tiny_dataset, tmp_path):
     assert spread_order(5) == [0, 4, 2, 1, 3]
     source = np.fromfile(tiny_dataset / "train_000.bin", dtype=np.uint16)
-    info = slice_dataset(tiny_dataset, tmp_path / "slice", max_bytes=600_000, val_tokens=4096, chunk_tokens=2048)
-    assert info["bytes"] <= 600_000 and 0 < info["fraction"] < 1
+    info = slice_dataset(tiny_dataset, tmp_path / "slice", max_bytes=120_000, val_tokens=4096, chunk_tokens=2048)
+    assert info["bytes"] <= 120_000 and 0 < info["fraction"] < 1
     meta = json.loads((tmp_path / "slice" / "meta.json").read_text())
     assert meta["slice_of"]["compression"] == "xz" and meta["tokens"]["val"] == 4096
     folder = inflate(tmp_path / "slice", tmp_path / "plain")
     train = np.fromfile(folder / "train_000.bin", dtype=np.uint16)
     assert len(train) == meta["tokens"]["train"]
     # Each chunk is a stretch of the source followed by end of text, in corpus order.
-    n_chunks = len(source) // 2048
-    first = train[:2048]
-    starts = [i * len(source) // n_chunks for i in range(n_chunks)]
+    n_chunks = -(-len(source) // 2048)
+    assert meta["slice_of"]["chunks"].startswith(f"{info['train_tokens'] // 2049} of {n_chunks} chunks")
+    first, second = train[:2048], train[2049:2049 + 2048]
+    starts = [i * 2048 for i in range(n_chunks)]
     assert any(np.array_equal(first, source[s:s + 2048]) for s in starts)
+    assert any(np.array_equal(second, source[s:s + 2048]) for s in starts)
+    assert train[2048] == meta["eos_id"]
+    # Everything fits: the whole stream comes back, chunk by chunk with end of text after each.
+    whole = slice_dataset(tiny_dataset, tmp_path / "all", max_bytes=50_000_000, val_tokens=4096, chunk_tokens=2048)
+    assert whole["train_tokens"] == len(source) + n_chunks and whole["fraction"] == 1.0
     assert inflate(folder, tmp_path / "unused") == folder  # plain shards pass through
     (tmp_path / "slice" / "val_000.bin.xz").write_bytes(lzma.compress(b"\0\0"))
     try:

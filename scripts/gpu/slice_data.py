@@ -74,11 +74,11 @@ def slice_dataset(src: Path, dest: Path, max_bytes: int, val_tokens: int, chunk_
         raise SystemExit(f"--max-mb {max_bytes / 1e6:.1f} leaves no room for training tokens")
 
     train = _read_split(src, "train")
-    n_chunks = max(1, len(train) // chunk_tokens)
+    n_chunks = -(-len(train) // chunk_tokens)  # the stream in consecutive chunks, the last one shorter
     taken: dict[int, bytes] = {}
     used = 0
     for index in spread_order(n_chunks):
-        lo = index * len(train) // n_chunks
+        lo = index * chunk_tokens
         chunk = np.concatenate([train[lo:lo + chunk_tokens], eos])  # end of text between chunks
         packed = lzma.compress(chunk.tobytes(), preset=6)
         if used + len(packed) > budget:
@@ -101,7 +101,8 @@ def slice_dataset(src: Path, dest: Path, max_bytes: int, val_tokens: int, chunk_
                               "val_000.bin": hashlib.sha256(val.tobytes()).hexdigest()}
     sliced["slice_of"] = {"folder": str(src), "train_tokens": int(len(train)), "val_tokens": int(meta["tokens"]["val"]),
                           "chunks": f"{len(taken)} of {n_chunks} chunks of {chunk_tokens:,} tokens, spread evenly",
-                          "train_fraction": round(len(train_raw) / 2 / len(train), 4), "compression": "xz"}
+                          "train_fraction": round((len(train_raw) // 2 - len(taken)) / len(train), 4),  # EOS not counted
+                          "compression": "xz"}
     (dest / "meta.json").write_text(json.dumps(sliced, indent=2) + "\n")
     size = sum(p.stat().st_size for p in dest.iterdir() if p.is_file())
     return {"bytes": size, "train_tokens": sliced["tokens"]["train"], "val_tokens": sliced["tokens"]["val"],
