@@ -28,8 +28,9 @@ import torch  # noqa: E402
 from quicksilver.cli import _parse_overrides  # noqa: E402  (the --set spelling of quicksilver train)
 from quicksilver.data import ShardDataset  # noqa: E402
 from quicksilver.tokenizer import Tokenizer  # noqa: E402
-from quicksilver.training.train import (_loss_terms, build_model, compile_blocks, load_run_config, make_optimizer,  # noqa: E402
-                               pick_device, run_model_config, step_loss)
+from quicksilver.training.distributed import pick_device  # noqa: E402
+from quicksilver.training.train import (_loss_terms, build_model, compile_blocks, load_run_config,  # noqa: E402
+                                        make_optimizer, run_model_config, step_loss)
 
 
 def main() -> None:

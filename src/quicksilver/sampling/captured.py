@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .diffusion import ContextCache
+from .forward import ContextCache
 
 
 class CapturedStep:
