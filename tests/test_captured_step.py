@@ -62,6 +62,17 @@ def test_padded_context_and_logits():
     assert torch.equal(some.run(ids[:, 12:16], pos[:, 12:16]), model.head(hidden[:, 1:3]))
     with pytest.raises(ValueError, match="padding mask"):
         CapturedStep(model, batch=2, context_len=16, query_len=4).load_cache(context)
+    # Right-padded queries (a row shorter than the block), as sampling.forward.BlockForward passes them.
+    query_mask = torch.ones(2, 4, dtype=torch.long)
+    query_mask[1, 2:] = 0
+    want = model.hidden_states(ids[:, 12:16], positions=pos[:, 12:16], attention_mask=query_mask, cache=context)
+    hidden_step = CapturedStep(model, batch=2, context_len=16, query_len=4, padded=True)
+    hidden_step.load_cache(context)
+    assert torch.equal(hidden_step.run(ids[:, 12:16], pos[:, 12:16], query_mask), want)
+    assert not torch.equal(hidden_step.run(ids[:, 12:16], pos[:, 12:16]), want)  # the mask matters
+    with pytest.raises(ValueError, match="built padded"):
+        step2 = CapturedStep(model, batch=2, context_len=16, query_len=4)
+        step2.run(ids[:, 12:16], pos[:, 12:16], query_mask)
 
 
 @torch.no_grad()

@@ -26,8 +26,8 @@ class CapturedStep:
     ``logits``: also apply the LM head, to every query position (True) or to a slice of them (the
     positions a decoder reads, e.g. the active block of a full-canvas pass); otherwise the output is
     the final-norm hidden states, as ``model.hidden_states`` returns.
-    ``padded``: keep a context padding mask (rows of unequal prompts); without it every context key
-    is attended, the faster case.  The output tensor is reused by the next ``run``: copy it to keep it.
+    ``padded``: keep padding masks for the context and for the queries (rows of unequal lengths, as
+    ``sampling.forward.BlockForward`` passes them); without them every key is attended, the faster case.  The output tensor is reused by the next ``run``: copy it to keep it.
     """
 
     def __init__(self, model, batch: int, context_len: int, query_len: int, *, padded: bool = False,
@@ -44,6 +44,7 @@ class CapturedStep:
         keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_hidden_layers)]
         values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_hidden_layers)]
         mask = torch.ones(batch, context_len, dtype=torch.long, device=device) if padded else None
+        self.query_mask = torch.ones(batch, query_len, dtype=torch.long, device=device) if padded else None
         # ContextCache copies the context into buffers with room for the queries' slot.
         self.cache = ContextCache(keys, values, mask, query_len)
         del keys, values
@@ -56,7 +57,8 @@ class CapturedStep:
 
     @torch.no_grad()
     def _forward(self) -> torch.Tensor:
-        hidden = self.model.hidden_states(self.ids, positions=self.positions, cache=self.cache)
+        hidden = self.model.hidden_states(self.ids, positions=self.positions, attention_mask=self.query_mask,
+                                          cache=self.cache)
         return hidden if self.head_rows is None else self.model.head(hidden[:, self.head_rows])
 
     @torch.no_grad()
@@ -96,10 +98,15 @@ class CapturedStep:
         self.load([k[:, :, :n] for k in context.keys], [v[:, :, :n] for v in context.values], context.attention_mask)
 
     @torch.no_grad()
-    def run(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """One step: the queries' hidden states (or logits), (B, query_len, ·)."""
+    def run(self, ids: torch.Tensor, positions: torch.Tensor, query_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """One step: the queries' hidden states (or logits), (B, query_len, ·).  ``query_mask``: the
+        queries' padding (B, query_len), for a step built ``padded`` (default: no query is padding)."""
         self.ids.copy_(ids)
         self.positions.copy_(positions)
+        if self.query_mask is not None:
+            self.query_mask.copy_(query_mask if query_mask is not None else torch.ones_like(self.query_mask))
+        elif query_mask is not None:
+            raise ValueError("a query padding mask needs a step built padded")
         if self.graph is None:
             self.out = self._fn()
         else:
