@@ -28,6 +28,7 @@ import torch  # noqa: E402
 import quicksilver  # noqa: E402
 from quicksilver.engine import Done, Engine, EngineConfig, Failed, Request  # noqa: E402
 from quicksilver.eval.bench import BUILTIN_PROMPTS  # noqa: E402
+from quicksilver.sampling.policy import resolve_policy  # noqa: E402
 
 
 def serve(lm, policy, batch: int, time_limit_s: float) -> dict:
@@ -86,13 +87,17 @@ def main() -> None:
 
     diffusion = quicksilver.load(args.model, device=device, dtype=dtype)
     twin = quicksilver.load(args.ar_model, device=device, dtype=dtype)
-    default = dataclasses.replace(diffusion.default_policy, max_new_tokens=args.max_tokens)
-    systems = [("diffusion default (threshold 0.9)", diffusion, default),
-               ("diffusion dual cache + threshold 0.9", diffusion, dataclasses.replace(default, cache="dual")),
-               ("AR twin", twin, dataclasses.replace(twin.default_policy, max_new_tokens=args.max_tokens))]
+    # Policies derived in the one place that derives them (sampling/policy.py).
+    systems = [("diffusion default (threshold 0.9)", diffusion,
+                resolve_policy(base=diffusion.default_policy, max_new_tokens=args.max_tokens)),
+               ("diffusion dual cache + threshold 0.9", diffusion,
+                resolve_policy("dual+thr0.9", max_new_tokens=args.max_tokens, block_length=32)),
+               ("AR twin", twin, resolve_policy(base=twin.default_policy, diffusion=False,
+                                                max_new_tokens=args.max_tokens))]
     for name, lm, policy in systems:
         if time.time() - t0 < args.time_limit:
-            serve(lm, dataclasses.replace(policy, max_new_tokens=8), 1, 60)  # warm-up (kernels, allocator)
+            warm = resolve_policy(base=policy, diffusion=lm is diffusion, max_new_tokens=8)
+            serve(lm, warm, 1, 60)  # warm-up (kernels, allocator): the same policy, shorter
         for batch in args.batches:
             left = args.time_limit - (time.time() - t0)
             if left <= 1:
