@@ -16,6 +16,7 @@ from . import data as _data  # noqa: F401
 from . import bench as _bench  # noqa: F401
 from . import evaluate as _evaluate  # noqa: F401
 from .common import UserError, app, console, data_app, err_console, eval_app, user_errors
+from .overrides import parse_overrides as _parse_overrides  # noqa: F401  (scripts/gpu/compile_probe.py uses it)
 
 
 def main() -> None:
