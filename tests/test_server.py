@@ -281,7 +281,8 @@ def test_api_key_guards_every_v1_route_and_cors_when_asked(lm):
                 assert r.json()["error"]["type"] == "authentication_error"
         assert httpx.get(f"{base}/health").status_code == 200
         keyed = openai.OpenAI(base_url=f"{base}/v1", api_key="s3cret", max_retries=0)
-        assert keyed.completions.create(model=MODEL, prompt="x", max_tokens=2).choices[0].text is not None
+        expected = lm.generate_ids([lm.encode("x")], dataclasses.replace(lm.default_policy, max_new_tokens=2)).texts[0]
+        assert keyed.completions.create(model=MODEL, prompt="x", max_tokens=2).choices[0].text == expected
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=f"{base}/v1", api_key="nope", max_retries=0).models.list()
         pre = httpx.options(f"{base}/v1/completions", headers={"Origin": "http://localhost:3000",
