@@ -105,9 +105,10 @@ def test_stops_after_the_block_containing_end_of_text():
 
 def test_ar_decoding_counts_prefill_and_stops_at_eos():
     m = model(causal=True)
-    result = generate(m, PROMPTS, DecodePolicy(max_new_tokens=9, stop_at_eos=False))
+    result = generate(m, PROMPTS, DecodePolicy(max_new_tokens=9, stop_at_eos=False), keep_history=True)
     assert result.nfe == 9  # prefill gives the first token, 8 more passes for the rest
-    assert all(len(r) <= 9 for r in result.ids)
+    for ids, whole in zip(result.ids, result.history[-1].tolist()):  # all 9 decoded, each row cut at end of text
+        assert MASK not in whole and ids == (whole[:whole.index(EOS)] if EOS in whole else whole)
 
 
 def test_bad_requests_raise_generation_errors():
