@@ -22,13 +22,17 @@ from __future__ import annotations
 import collections
 import dataclasses
 import itertools
+import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .backend import Backend
 from .sampling.types import DecodePolicy, GenerationError, StepEvent
+
+log = logging.getLogger("quicksilver.engine")
 
 
 class EngineError(Exception):
@@ -101,7 +105,8 @@ class Done:
 @dataclass
 class Failed:
     message: str
-    status: int = 400  # 400: the request cannot be served as asked; 503: the engine itself failed
+    status: int = 400  # 400: the request cannot be served as asked; 500: serving it raised (the engine
+    # goes on serving the others); 503: the engine itself failed
 
 
 Event = Delta | Draft | Finished | Done | Failed
@@ -361,7 +366,10 @@ class Engine:
                     pending = list(self._pending)
                     self._pending.clear()
                 for request in pending:
-                    self._route(request)
+                    try:
+                        self._route(request)
+                    except Exception as e:  # e.g. the backend cannot build a decoder for this policy
+                        self._fail(request, e)
                 if not self._round():
                     with self._lock:  # nothing could run (requests wait for slots): do not spin
                         self._lock.wait(timeout=0.01)
@@ -407,9 +415,16 @@ class Engine:
                 while cohort.waiting and cohort.waiting[0].n <= self._slots_free():
                     self._admit(cohort.waiting.popleft(), decoder)
             if decoder.active:
-                report = decoder.step()
-                self.forward_passes_total += int(report.forward)
-                self._after_step(decoder, report)
+                try:
+                    report = decoder.step()
+                    self.forward_passes_total += int(report.forward)
+                    self._after_step(decoder, report)
+                except Exception as e:  # the decoder's state is unknown now: fail its requests, drop it
+                    for request in [r for r in self._active if r.rows and r.rows[0].decoder is decoder]:
+                        self._fail(request, e)
+                    del self._cohorts[key]
+                    for request in cohort.waiting:  # not started yet: they get a fresh decoder
+                        self._route(request)
                 ran = True
             elif not cohort.waiting:
                 del self._cohorts[key]
@@ -434,6 +449,8 @@ class Engine:
         except GenerationError as e:  # submit checks the context, so only a backend's own limit lands here
             request.sink(Failed(str(e)))
             return self._close(request, "error")
+        except Exception as e:
+            return self._fail(request, e)
         for row, handle in zip(request.rows, handles):
             row.handle, row.decoder = handle, decoder
         self._active.append(request)
@@ -528,8 +545,28 @@ class Engine:
         except GenerationError as e:
             request.sink(Failed(str(e)))
             return self._close(request, "error")
+        except Exception as e:  # this request's failure, not the engine's: it keeps serving
+            return self._fail(request, e)
         self._close(request, "cancelled" if request.cancelled else ("timeout" if timed_out else "ok"),
                     timed_out=timed_out)
+
+    def _fail(self, request: Request, error: Exception) -> None:
+        """Serving ``request`` raised: log it with an id, answer that request with a 500 naming the id,
+        and go on serving the others (a bad input that slipped past the checks, or a model bug,
+        should cost one request, not the server)."""
+        ident = "err-" + uuid.uuid4().hex[:12]
+        log.error("request %s failed (%s): %s: %s", request.id, ident, type(error).__name__, error, exc_info=error)
+        if not request.done:
+            request.sink(Failed(f"the server failed to serve this request (error id {ident}); it has been logged", 500))
+        for row in request.rows:
+            if row.decoder is not None and row.handle is not None:
+                try:
+                    if row.decoder.has(row.handle):
+                        row.decoder.release(row.handle)
+                except Exception:  # the decoder is being dropped anyway
+                    pass
+            row.finished = True
+        self._close(request, "error")
 
     def _close(self, request: Request, outcome: str, timed_out: bool = False) -> None:
         if request.done:
