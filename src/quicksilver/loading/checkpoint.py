@@ -102,11 +102,15 @@ def save_pretrained(model: Transformer, tokenizer: Tokenizer | None, folder: str
 def read_weight_map(index: Path) -> dict[str, str]:
     """Tensor name -> shard file name from a safetensors index (``model.safetensors.index.json``)."""
     try:
-        weight_map = json.loads(index.read_text())["weight_map"]
+        weight_map = json.loads(index.read_bytes().decode("utf-8"))["weight_map"]
         if not isinstance(weight_map, dict):
             raise TypeError
-    except (json.JSONDecodeError, KeyError, TypeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
         raise CheckpointError(f"{index} is not a valid safetensors index") from None
+    for name, file in weight_map.items():
+        if not isinstance(file, str) or not file or "/" in file or "\\" in file or file in (".", ".."):
+            raise CheckpointError(f"{index}: the weight_map entry for '{name}' must name a file in the folder, "
+                                  f"got {json.dumps(file)[:40]}")
     return weight_map
 
 
@@ -163,6 +167,9 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cp
         tokenizer = Tokenizer.from_file(folder / "tokenizer.json")
     except TokenizerError as e:
         raise CheckpointError(str(e)) from None
+    if tokenizer.vocab_size > cfg.vocab_size:
+        raise CheckpointError(f"{cfg_file}: vocab_size {cfg.vocab_size} is smaller than the tokenizer's "
+                              f"{tokenizer.vocab_size}; the tokenizer would produce ids the model has no row for")
     state = load_state_dict(folder)
     with torch.device("meta"):
         model = Transformer(cfg)
