@@ -421,8 +421,8 @@ def bench(
     import json
     import os
 
-    from .eval.bench import (AR_SYSTEMS, DIFFUSION_SETTINGS, BenchConfig, markdown_table, run_benchmark, target_lines,
-                        write_outputs)
+    from .eval.bench import AR_SYSTEMS, DIFFUSION_SETTINGS, BenchConfig, run_benchmark
+    from .eval.bench_report import markdown_table, target_lines, write_outputs
 
     known = set(DIFFUSION_SETTINGS) | set(AR_SYSTEMS)
     for name in system:

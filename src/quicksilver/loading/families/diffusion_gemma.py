@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import CheckpointError
+from ..layout import CheckpointError
 from ...sampling import DecodePolicy, GenerationError, GenerationResult, StepEvent
 from ...sampling.batch import cut_at_eos, left_pad
 from ...tokenizer import ExternalTokenizer, TokenizerError
