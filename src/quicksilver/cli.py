@@ -149,6 +149,8 @@ def generate(
 def train(
     config: Path = typer.Argument(..., help="TOML run config, e.g. configs/coder-tiny.toml."),
     resume: bool = typer.Option(False, help="Continue from the run's latest checkpoint."),
+    overwrite: bool = typer.Option(False, help="Delete the run already in train.out_dir and start over (without "
+                                               "this or --resume a non-empty out_dir is refused)."),
     set_: List[str] = typer.Option([], "--set", help="Override a config value: section.key=value."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ):
@@ -157,7 +159,7 @@ def train(
     from .training.train import train as run_training
 
     run = load_run_config(config, _parse_overrides(set_))
-    state = run_training(run, resume=resume, progress=progress, log=console.print)
+    state = run_training(run, resume=resume, progress=progress, log=console.print, overwrite=overwrite)
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun only rank 0 reports
     console.print(f"done: step {state['step']}, {state['tokens']:,} tokens, best validation loss "
