@@ -8,7 +8,6 @@ The streaming contract (SSE chunks, draft frames, stats) is in docs/serving.md.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import threading
@@ -32,11 +31,13 @@ from ..chat import ChatTemplateError
 from ..engine import (Delta, Done, Draft, Engine, EngineClosed, EngineConfig, Failed, Finished, QueueFull,
                       Request as EngineRequest)
 from ..prompting import chat_ids, fewest_tokens, text_ids
+from ..sampling.canvas import fixed_length
+from ..sampling.policy import resolve_policy
 from ..sampling.types import GenerationError
 from .errors import APIError, api_error_handler, error_body, http_handler, unexpected_handler, validation_handler
 from .guard import RequestGuard
-from .metrics import render_metrics
-from .schemas import MAX_STOP_CHARS, MAX_STOPS, ChatRequest, CompletionRequest, Decoding
+from .metrics import Histogram, render_metrics
+from .schemas import MAX_STOP_CHARS, MAX_STOPS, POLICY_FIELDS, ChatRequest, CompletionRequest, Decoding
 
 STATIC = Path(__file__).parent / "static"
 PING_S = 15.0  # an SSE comment after this long without an event keeps proxies and clients patient
@@ -68,6 +69,7 @@ class ServerState:
     engine: Engine | None = None
     load_error: str | None = None
     started: float = field(default_factory=time.time)
+    latency: Histogram = field(default_factory=Histogram)  # seconds from submission to the end
 
     def ready(self) -> tuple[Backend, Engine]:
         if self.load_error:
@@ -96,7 +98,8 @@ def create_app(settings: ServerSettings | None = None, backend: Backend | None =
         try:
             b = backend if backend is not None else (loader or _load_backend)(settings)
             engine = Engine(b, EngineConfig(max_batch=settings.max_batch, max_queue=settings.max_queue,
-                                            time_limit_s=settings.time_limit_s, max_n=settings.max_n)).start()
+                                            time_limit_s=settings.time_limit_s, max_n=settings.max_n),
+                            on_close=state.latency.record).start()
             state.backend, state.engine = b, engine
             log.info("model %s loaded; serving", b.name)
         except Exception as e:  # a missing model or a bad checkpoint: health says why
@@ -140,7 +143,7 @@ def create_app(settings: ServerSettings | None = None, backend: Backend | None =
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
     async def metrics():
-        return PlainTextResponse(render_metrics(state.engine), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(render_metrics(state.engine, state.latency), media_type="text/plain; version=0.0.4")
 
     @app.get("/", include_in_schema=False)
     async def playground():
@@ -248,7 +251,7 @@ def _job(body: Decoding, ids: list[int], suffix: list[int] | None, backend: Back
          settings: ServerSettings) -> EngineRequest:
     """The engine request: the model's default decoding with the request's fields over it."""
     context = backend.context_length
-    used = len(ids) + (len(suffix) + 3 if suffix is not None else 0)
+    used = fixed_length(ids, suffix)
     limit = min(context, settings.max_tokens_limit or context)
     if body.max_tokens is not None and body.max_tokens > limit:
         raise APIError(400, f"max_tokens must be at most {limit}, got {body.max_tokens}", "max_tokens")
@@ -258,23 +261,15 @@ def _job(body: Decoding, ids: list[int], suffix: list[int] | None, backend: Back
                             f"tokens and max_tokens is {max_tokens} ({used + max_tokens} in all); shorten the prompt "
                             f"or lower max_tokens", "prompt" if used >= context else "max_tokens",
                        "context_length_exceeded")
-    policy = dataclasses.replace(backend.default_policy, max_new_tokens=max_tokens, temperature=body.temperature,
-                                 top_p=body.top_p, seed=body.seed)
-    if backend.is_diffusion:
-        if body.steps is not None:
-            policy.steps = body.steps
-            if body.commit is None:
-                policy.commit = "fixed"  # steps only mean something to the fixed schedule
-        if body.block_length is not None:
-            policy.block_length = body.block_length
-        if body.commit is not None:
-            policy.commit = body.commit
-        if body.threshold is not None:
-            policy.threshold = body.threshold
-        if body.cache is not None:
-            policy.cache = body.cache
+    given = {name: getattr(body, name) for name in POLICY_FIELDS}
+    sampling = {} if body.preset is not None else dict(temperature=0.0, top_p=1.0)  # the OpenAI defaults
+    for name in ("temperature", "top_p"):
+        if getattr(body, name) is not None:
+            sampling[name] = getattr(body, name)
     try:
-        policy.validate()
+        policy = resolve_policy(body.preset, base=backend.default_policy if body.preset is None else None,
+                                diffusion=backend.is_diffusion, max_new_tokens=max_tokens, seed=body.seed,
+                                **sampling, **given)
     except GenerationError as e:
         raise APIError(400, str(e)) from None
     stops = tuple([body.stop] if isinstance(body.stop, str) else (body.stop or []))
