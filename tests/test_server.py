@@ -193,6 +193,9 @@ SURROGATES = [
     ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": [{"type": "text", "text": "\\ud800"}]}]}',
      "'messages.0.content.0.text'"),
     ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "stop": ["\\ud800"]}', "'stop.0'"),
+    ("/v1/completions", b'{"prompt": "x", "\\ud800": 1}', "'\\ud800'"),  # even an unknown key
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x", "name": "\\udfff"}]}',
+     "'messages.0.name'"),
 ]
 
 
@@ -203,6 +206,23 @@ def test_lone_surrogates_are_400_naming_the_field(server, path, data, words):
     error = r.json()["error"]
     assert words in error["message"] and "surrogate" in error["message"], error
     assert error["type"] == "invalid_request_error"
+
+
+ENCODINGS = [  # every other way a body's bytes can fail to be text or JSON: a 400, never a 5xx
+    ("UTF-16 body", '{"prompt": "x"}'.encode("utf-16"), "not valid UTF-8"),
+    ("a surrogate encoded as UTF-8 bytes (CESU-8)", b'{"prompt": "\xed\xa0\x80"}', "not valid UTF-8"),
+    ("overlong UTF-8", b'{"prompt": "\xc0\xaf"}', "not valid UTF-8"),
+    ("100,000 nested lists", b'{"prompt": "x", "stop": ' + b"[" * 100000 + b"]" * 100000 + b"}", "not valid JSON"),
+    ("a 5,000-digit integer", b'{"prompt": "x", "max_tokens": ' + b"9" * 5000 + b"}", "not valid JSON"),
+    ("NaN temperature", b'{"prompt": "x", "temperature": NaN}', "temperature"),
+]
+
+
+@pytest.mark.parametrize("name,data,words", ENCODINGS, ids=[e[0] for e in ENCODINGS])
+def test_encoding_problems_are_400(server, name, data, words):
+    r = httpx.post(f"{server}/v1/completions", content=data, headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 400, r.text
+    assert words in r.json()["error"]["message"]
 
 
 def test_a_surrogate_pair_is_text(server):

@@ -218,3 +218,16 @@ def test_prompts_without_special_strings_get_the_same_ids(lm):
         assert text_ids(lm, text) == lm.encode(text)
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": PROMPT}]
     assert chat_ids(lm, messages) == lm.encode(lm.render_chat(messages))
+
+
+def test_the_cli_refuses_a_prompt_that_is_not_text_in_one_line():
+    """Bytes that are not UTF-8 reach Python's argv as lone surrogates ('\\udcff'); so does '\\ud800'."""
+    from typer.testing import CliRunner
+
+    from quicksilver.cli import app
+
+    for prompt in ("def f(\ud800):", "x = '\udcff'"):
+        result = CliRunner().invoke(app, ["generate", prompt, "--no-live"])
+        assert result.exit_code == 2, result.output
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and "surrogate" in lines[0] and "Traceback" not in result.output

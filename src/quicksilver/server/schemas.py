@@ -32,7 +32,9 @@ def _first_bad_text(value, path: str) -> tuple[str, str] | None:
         return (path, problem) if problem else None
     if isinstance(value, dict):
         for key, item in value.items():
-            where = f"{path}.{key}" if path else str(key)
+            # the path goes into the error message: a key that is not text is shown escaped
+            name = str(key).encode("utf-8", "backslashreplace").decode("utf-8")
+            where = f"{path}.{name}" if path else name
             found = _first_bad_text(key, where) or _first_bad_text(item, where)
             if found:
                 return found
