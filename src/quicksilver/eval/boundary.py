@@ -102,7 +102,8 @@ def boundary_problem() -> str | None:
     if sys.platform != "linux":
         return "the sandbox boundary (bubblewrap) needs Linux"
     if os.geteuid() == 0 and shutil.which("setpriv") is None:
-        return "setpriv (util-linux) is missing; the sandbox needs it to leave root"
+        return (f"setpriv (util-linux) is missing, and the sandbox needs it to leave root; install util-linux, or set "
+                f"{OPT_OUT_ENV}={OPT_OUT_VALUE} to run without a boundary")
     if shutil.which("bwrap") is None:
         return ("bubblewrap is not installed: run `make sandbox` (or `apt-get install bubblewrap`); "
                 f"to run untrusted code without a boundary anyway set {OPT_OUT_ENV}={OPT_OUT_VALUE}")
