@@ -59,6 +59,13 @@ class LM:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text)
 
+    def encode_literal(self, text: str) -> list[int]:  # optional for a Backend: special tokens as text
+        return self.tokenizer.encode_literal(text)
+
+    @property
+    def special_texts(self) -> list[str]:
+        return self.tokenizer.special_texts
+
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(ids)
 

@@ -30,10 +30,11 @@ from ..backend import Backend
 from ..chat import ChatTemplateError
 from ..engine import (Delta, Done, Draft, Engine, EngineClosed, EngineConfig, Failed, Finished, QueueFull,
                       Request as EngineRequest)
+from ..prompting import chat_ids, fewest_tokens, text_ids
 from ..sampling.canvas import fixed_length
 from ..sampling.policy import resolve_policy
 from ..sampling.types import GenerationError
-from .errors import APIError, api_error_handler, http_handler, validation_handler
+from .errors import APIError, api_error_handler, error_body, http_handler, unexpected_handler, validation_handler
 from .guard import RequestGuard
 from .metrics import Histogram, render_metrics
 from .schemas import MAX_STOP_CHARS, MAX_STOPS, POLICY_FIELDS, ChatRequest, CompletionRequest, Decoding
@@ -57,6 +58,8 @@ class ServerSettings:
     max_tokens_limit: int | None = None  # the most a request may ask for; None: the model's context
     device: str | None = None
     drain_s: float = 10.0  # on shutdown, how long running requests may finish
+    body_timeout_s: float = 30.0  # a request body must arrive within this (408 otherwise)
+    special_tokens_in_text: bool = False  # True: '<|endoftext|>' typed by a user is the control token
 
 
 @dataclass
@@ -116,7 +119,9 @@ def create_app(settings: ServerSettings | None = None, backend: Backend | None =
     app.add_exception_handler(RequestValidationError, validation_handler)
     app.add_exception_handler(HTTPException, http_handler)
     app.add_exception_handler(APIError, api_error_handler)
-    app.add_middleware(RequestGuard, api_key=settings.api_key, max_body=settings.max_body)
+    app.add_exception_handler(Exception, unexpected_handler)
+    app.add_middleware(RequestGuard, api_key=settings.api_key, max_body=settings.max_body,
+                       body_timeout_s=settings.body_timeout_s)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_credentials=False,
                            allow_methods=["GET", "POST", "OPTIONS"], allow_headers=["Authorization", "Content-Type"])
@@ -177,8 +182,11 @@ def create_app(settings: ServerSettings | None = None, backend: Backend | None =
             prompt = prompt[0]
         if prompt == "" and not body.suffix:
             raise APIError(400, "prompt must not be empty", "prompt")
-        ids = backend_.encode(prompt)
-        suffix = backend_.encode(body.suffix) if body.suffix else None
+        _refuse_far_too_long(backend_, prompt + (body.suffix or ""))
+        literal = not settings.special_tokens_in_text
+        # Tokenizing is CPU work of up to a second for a long prompt: off the event loop.
+        ids = await asyncio.to_thread(text_ids, backend_, prompt, literal)
+        suffix = await asyncio.to_thread(text_ids, backend_, body.suffix, literal) if body.suffix else None
         if suffix is not None and not ids and not suffix:
             raise APIError(400, "prompt and suffix are both empty", "prompt")
         job = _job(body, ids, suffix, backend_, settings)
@@ -191,17 +199,32 @@ def create_app(settings: ServerSettings | None = None, backend: Backend | None =
         if body.max_completion_tokens is not None and body.max_tokens is None:
             body.max_tokens = body.max_completion_tokens
         messages = [m.model_dump() for m in body.messages]
+        _refuse_far_too_long(backend_, "".join(_message_text(m) for m in messages))
         try:
-            text = backend_.render_chat(messages)
+            ids = await asyncio.to_thread(chat_ids, backend_, messages, not settings.special_tokens_in_text)
         except ChatTemplateError as e:
             raise APIError(400, str(e), "messages") from None
-        ids = backend_.encode(text)
         if not ids:
             raise APIError(400, "the messages render to an empty prompt", "messages")
         job = _job(body, ids, None, backend_, settings)
         return await _serve(request, engine, job, body, backend_.name, chat=True)
 
     return app
+
+
+def _message_text(message: dict) -> str:
+    content = message.get("content")
+    if isinstance(content, list):
+        return "".join(part.get("text") or "" for part in content if isinstance(part, dict))
+    return content if isinstance(content, str) else ""
+
+
+def _refuse_far_too_long(backend: Backend, text: str) -> None:
+    """Refuse a prompt that cannot fit whatever its tokens, before spending CPU on tokenizing it."""
+    fewest = fewest_tokens(backend, text)
+    if fewest > backend.context_length:
+        raise APIError(400, f"this model's maximum context length is {backend.context_length} tokens, but the prompt "
+                            f"has at least {fewest} tokens; shorten the prompt", "prompt", "context_length_exceeded")
 
 
 def _model_card(backend: Backend, state: ServerState) -> dict:
@@ -287,7 +310,7 @@ async def _serve(request: Request, engine: Engine, job: EngineRequest, body: Dec
         return JSONResponse(status_code=499, content=None)
     texts, finished, done, failed = collect.result()
     if failed is not None:
-        raise APIError(failed.status, failed.message)
+        raise APIError(failed.status, failed.message, code="internal_error" if failed.status == 500 else None)
     choices = []
     for i in range(job.n):
         f = finished.get(i)
@@ -381,8 +404,8 @@ async def _sse(engine: Engine, job: EngineRequest, events: asyncio.Queue, ident:
                 break
             elif isinstance(event, Failed):
                 over = True
-                yield _frame({"error": {"message": event.message, "type": "invalid_request_error", "param": None,
-                                        "code": None}})
+                yield _frame(error_body(event.status, event.message,
+                                        code="internal_error" if event.status == 500 else None))
                 break
         yield "data: [DONE]\n\n"
     finally:
