@@ -78,6 +78,13 @@ class LM:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text)
 
+    def encode_literal(self, text: str) -> list[int]:  # optional for a Backend: special tokens as text
+        return self.tokenizer.encode_literal(text)
+
+    @property
+    def special_texts(self) -> list[str]:
+        return self.tokenizer.special_texts
+
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(ids)
 
@@ -97,11 +104,14 @@ class LM:
                    on_step: Callable[[StepEvent], None] | None = None) -> TextResult:
         """Diffusion: the canvas ``[prefix | mask * max_new_tokens | suffix]`` through the block decoder.
         AR twin: its prefix-suffix-middle prompt (``canvas.fim_prompt``) as a completion."""
-        cfg = self.model.config
         if not self.is_diffusion:
-            return self.generate_ids([fim_prompt(prefix, suffix, cfg.fim_prefix_id, cfg.fim_suffix_id,
-                                                 cfg.fim_middle_id)], policy, on_step)
+            return self.generate_ids([self.fim_prompt(prefix, suffix)], policy, on_step)
         return self.fill_ids([Canvas.infill(prefix, policy.max_new_tokens, suffix)], policy, on_step)
+
+    def fim_prompt(self, prefix: list[int], suffix: list[int]) -> list[int]:
+        """The AR twin's prefix-suffix-middle prompt for a fill between ``prefix`` and ``suffix``."""
+        cfg = self.model.config
+        return fim_prompt(prefix, suffix, cfg.fim_prefix_id, cfg.fim_suffix_id, cfg.fim_middle_id)
 
     def fill_ids(self, canvases: list[Canvas], policy: DecodePolicy,
                  on_step: Callable[[StepEvent], None] | None = None) -> TextResult:

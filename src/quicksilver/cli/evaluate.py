@@ -55,6 +55,12 @@ def _sandbox(timeout: float, memory_mb: int):
 
     if timeout <= 0 or memory_mb <= 0:
         raise UserError("--timeout and --memory-mb must be positive")
+    from ..eval.boundary import SandboxUnavailable, require_boundary
+
+    try:  # before any generation: an evaluation that cannot run its tests safely stops at once
+        require_boundary()
+    except SandboxUnavailable as e:
+        raise UserError(f"cannot run generated code safely: {e}") from None
     return SandboxLimits(timeout_s=timeout, memory_mb=memory_mb)
 
 

@@ -27,11 +27,15 @@ def serve(
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
     threads: Optional[int] = threads_option(),
+    body_timeout: float = typer.Option(30.0, help="Seconds a client has to send its request body (408 after)."),
+    special_tokens_in_text: bool = typer.Option(False, "--special-tokens-in-text",
+                                                help="Read special-token strings typed in prompts and messages (e.g. "
+                                                     "'<|endoftext|>') as control tokens; by default they are text."),
 ):
     """Serve MODEL over the OpenAI API (completions, chat, streaming with diffusion drafts) and the
     playground page at http://HOST:PORT/."""
-    if min(max_batch, max_queue, max_n, max_body) < 1 or time_limit <= 0:
-        raise UserError("--max-batch, --max-queue, --max-n, --max-body and --time-limit must be positive")
+    if min(max_batch, max_queue, max_n, max_body) < 1 or time_limit <= 0 or body_timeout <= 0:
+        raise UserError("--max-batch, --max-queue, --max-n, --max-body, --time-limit and --body-timeout must be positive")
     if not 0 < port < 65536:
         raise UserError(f"--port must be between 1 and 65535, got {port}")
     from ..threads import resolve_threads
@@ -53,7 +57,8 @@ def serve(
                           "use the model (set --api-key or QUICKSILVER_API_KEY)", style="yellow")
     settings = ServerSettings(model=model, api_key=api_key or None, cors_origins=tuple(cor for cor in cors_origin),
                               max_batch=max_batch, max_queue=max_queue, max_n=max_n, time_limit_s=time_limit,
-                              max_body=max_body, device=device, threads=count, threads_source=source)
+                              max_body=max_body, device=device, body_timeout_s=body_timeout,
+                              special_tokens_in_text=special_tokens_in_text, threads=count, threads_source=source)
     console.print(f"serving {model} on http://{host}:{port}/ (OpenAI API at /v1; "
                   f"{'API key required' if api_key else 'no API key'}; {device}, {count} torch thread"
                   f"{'s' if count > 1 else ''} ({source}))", highlight=False)

@@ -15,6 +15,8 @@ from .overrides import parse_overrides
 def train(
     config: Path = typer.Argument(..., help="TOML run config, e.g. configs/coder-tiny.toml."),
     resume: bool = typer.Option(False, help="Continue from the run's latest checkpoint."),
+    overwrite: bool = typer.Option(False, help="Delete the run already in train.out_dir and start over (without "
+                                               "this or --resume a non-empty out_dir is refused)."),
     set_: List[str] = typer.Option([], "--set", help="Override a config value: section.key=value."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     threads: Optional[int] = threads_option("torch threads (default: QUICKSILVER_THREADS, else the config's "
@@ -30,7 +32,7 @@ def train(
     run = load_run_config(config, parse_overrides(set_))
     if threads is not None or os.environ.get(ENV, "").strip() or run.train.threads <= 0:
         run.train.threads = resolve_threads(threads)[0]
-    state = run_training(run, resume=resume, progress=progress, log=console.print)
+    state = run_training(run, resume=resume, progress=progress, log=console.print, overwrite=overwrite)
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun only rank 0 reports
     console.print(f"done: step {state['step']}, {state['tokens']:,} tokens, best validation loss "

@@ -30,10 +30,11 @@ from ..backend import Backend
 from ..chat import ChatTemplateError
 from ..engine import (Delta, Done, Draft, Engine, EngineClosed, EngineConfig, Failed, Finished, QueueFull,
                       Request as EngineRequest)
+from ..prompting import chat_ids, fewest_tokens, text_ids
 from ..sampling.canvas import fixed_length
 from ..sampling.policy import resolve_policy
 from ..sampling.types import GenerationError
-from .errors import APIError, api_error_handler, http_handler, validation_handler
+from .errors import APIError, api_error_handler, error_body, http_handler, unexpected_handler, validation_handler
 from .guard import RequestGuard
 from .logprobs import completion_ids, logprobs_object
 from .metrics import Histogram, render_metrics
@@ -63,6 +64,8 @@ class ServerSettings:
     drain_s: float = 10.0  # on shutdown, how long running requests may finish
     threads: int | None = None  # torch threads for decoding; None leaves torch's setting alone
     threads_source: str = ""  # where that number came from (``quicksilver.threads``), for the log
+    body_timeout_s: float = 30.0  # a request body must arrive within this (408 otherwise)
+    special_tokens_in_text: bool = False  # True: '<|endoftext|>' typed by a user is the control token
 
 
 @dataclass
@@ -133,7 +136,9 @@ def create_app(settings: ServerSettings | None = None, backend: Backend | None =
     app.add_exception_handler(RequestValidationError, validation_handler)
     app.add_exception_handler(HTTPException, http_handler)
     app.add_exception_handler(APIError, api_error_handler)
-    app.add_middleware(RequestGuard, api_key=settings.api_key, max_body=settings.max_body)
+    app.add_exception_handler(Exception, unexpected_handler)
+    app.add_middleware(RequestGuard, api_key=settings.api_key, max_body=settings.max_body,
+                       body_timeout_s=settings.body_timeout_s)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_credentials=False,
                            allow_methods=["GET", "POST", "OPTIONS"], allow_headers=["Authorization", "Content-Type"])
@@ -184,9 +189,9 @@ def create_app(settings: ServerSettings | None = None, backend: Backend | None =
     async def completions(body: CompletionRequest, request: Request):
         backend_, engine = state.ready()
         _check_common(body, backend_, settings)
-        plan = _completion_plan(body, backend_)
+        plan = await asyncio.to_thread(_completion_plan, body, backend_, not settings.special_tokens_in_text)
         if plan.score_only:  # max_tokens 0 with echo: the prompts, scored when asked, nothing generated
-            return _echo_only(plan, body, backend_)
+            return await asyncio.to_thread(_echo_only, plan, body, backend_)
         jobs = [_job(body, ids, plan.suffix, backend_, settings) for ids in plan.ids]
         finalize = None
         if body.echo or plan.top is not None:
@@ -207,11 +212,11 @@ def create_app(settings: ServerSettings | None = None, backend: Backend | None =
             raise APIError(400, "logprobs are not supported on chat completions; /v1/completions reports them "
                                 "for autoregressive models", "logprobs")
         messages = [m.model_dump() for m in body.messages]
+        _refuse_far_too_long(backend_, "".join(_message_text(m) for m in messages))
         try:
-            text = backend_.render_chat(messages)
+            ids = await asyncio.to_thread(chat_ids, backend_, messages, not settings.special_tokens_in_text)
         except ChatTemplateError as e:
             raise APIError(400, str(e), "messages") from None
-        ids = backend_.encode(text)
         if not ids:
             raise APIError(400, "the messages render to an empty prompt", "messages")
         if body.max_tokens == 0:
@@ -220,6 +225,21 @@ def create_app(settings: ServerSettings | None = None, backend: Backend | None =
         return await _serve(request, engine, [job], body, backend_.name, chat=True)
 
     return app
+
+
+def _message_text(message: dict) -> str:
+    content = message.get("content")
+    if isinstance(content, list):
+        return "".join(part.get("text") or "" for part in content if isinstance(part, dict))
+    return content if isinstance(content, str) else ""
+
+
+def _refuse_far_too_long(backend: Backend, text: str) -> None:
+    """Refuse a prompt that cannot fit whatever its tokens, before spending CPU on tokenizing it."""
+    fewest = fewest_tokens(backend, text)
+    if fewest > backend.context_length:
+        raise APIError(400, f"this model's maximum context length is {backend.context_length} tokens, but the prompt "
+                            f"has at least {fewest} tokens; shorten the prompt", "prompt", "context_length_exceeded")
 
 
 def _model_card(backend: Backend, state: ServerState) -> dict:
@@ -252,7 +272,9 @@ class CompletionPlan:
     score_only: bool  # max_tokens 0 with echo
 
 
-def _completion_plan(body: CompletionRequest, backend: Backend) -> CompletionPlan:
+def _completion_plan(body: CompletionRequest, backend: Backend, literal: bool = True) -> CompletionPlan:
+    """Checks and tokenizes (CPU work: the route runs it off the event loop).  ``literal``: special-token
+    strings in text prompts are text (``prompting.text_ids``)."""
     prompts = split_prompts(body.prompt)
     if len(prompts) > MAX_PROMPTS:
         raise APIError(400, f"prompt holds {len(prompts)} prompts; at most {MAX_PROMPTS} per request", "prompt")
@@ -276,10 +298,12 @@ def _completion_plan(body: CompletionRequest, backend: Backend) -> CompletionPla
         where = "prompt" if len(prompts) == 1 else f"prompt[{i}]"
         if isinstance(prompt, str) and prompt == "" and not body.suffix:
             raise APIError(400, f"{where} must not be empty", "prompt")
-        row = prompt_ids(prompt, backend, i, len(prompts))
+        if isinstance(prompt, str):
+            _refuse_far_too_long(backend, prompt + (body.suffix or ""))
+        row = prompt_ids(prompt, backend, i, len(prompts), lambda text: text_ids(backend, text, literal))
         ids.append(row)
         texts.append(prompt if isinstance(prompt, str) else backend.decode(row))
-    suffix = backend.encode(body.suffix) if body.suffix else None
+    suffix = text_ids(backend, body.suffix, literal) if body.suffix else None
     if suffix is not None and not suffix and not any(ids):
         raise APIError(400, "prompt and suffix are both empty", "prompt")
     return CompletionPlan(ids, texts, suffix, top, body.max_tokens == 0)
@@ -395,7 +419,7 @@ async def _serve(request: Request, engine: Engine, jobs: list[EngineRequest], bo
     if failed is not None:
         for job in jobs:
             engine.cancel(job)
-        raise APIError(failed.status, failed.message)
+        raise APIError(failed.status, failed.message, code="internal_error" if failed.status == 500 else None)
     choices = []
     for i in range(len(jobs) * n):
         f = finished.get(i)
@@ -520,8 +544,8 @@ async def _sse(engine: Engine, jobs: list[EngineRequest], events: asyncio.Queue,
                                   "usage": _usage(total)})
                 break
             elif isinstance(event, Failed):
-                yield _frame({"error": {"message": event.message, "type": "invalid_request_error", "param": None,
-                                        "code": None}})
+                yield _frame(error_body(event.status, event.message,
+                                        code="internal_error" if event.status == 500 else None))
                 break
         yield "data: [DONE]\n\n"
     finally:

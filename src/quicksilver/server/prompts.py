@@ -11,6 +11,7 @@ server's ``/tokenize`` and batches several prompts in one request).  Two steps:
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from .errors import APIError
@@ -62,11 +63,13 @@ def split_prompts(value: str | list) -> list[str | list[int]]:
     return list(value)
 
 
-def prompt_ids(prompt: str | list[int], backend, index: int, count: int) -> list[int]:
-    """One prompt as token ids for ``backend``; ids outside its vocabulary are a 400."""
+def prompt_ids(prompt: str | list[int], backend, index: int, count: int,
+               encode: Callable[[str], list[int]] | None = None) -> list[int]:
+    """One prompt as token ids for ``backend`` (text through ``encode``, default ``backend.encode``);
+    ids outside its vocabulary are a 400."""
     where = "prompt" if count == 1 else f"prompt[{index}]"
     if isinstance(prompt, str):
-        return backend.encode(prompt)
+        return (encode or backend.encode)(prompt)
     vocab = getattr(backend, "vocab_size", None)
     if vocab is not None:
         bad = next((t for t in prompt if not 0 <= t < vocab), None)
