@@ -63,14 +63,14 @@ def generate(
         raise UserError("--max-new-tokens must be a positive integer")
     if not prompt.strip():
         raise UserError("the prompt is empty")
+    from ..threads import resolve_threads
+
+    resolve_threads(threads)  # a bad count or QUICKSILVER_THREADS fails before anything heavy is imported
     from ..prompting import text_problem
 
     problem = text_problem(prompt)  # e.g. bytes that were not UTF-8 reach Python as lone surrogates
     if problem:
         raise UserError(f"the prompt is not valid text: it {problem}")
-    from ..threads import resolve_threads
-
-    resolve_threads(threads)  # a bad count or QUICKSILVER_THREADS fails before torch is imported
     from ..sampling.policy import resolve_policy
     from ..sampling.types import DecodePolicy
 
