@@ -119,6 +119,44 @@ class LM:
             raise GenerationError("the prompt is empty")
         return self.tokenizer.encode(prompt)
 
+    # -- controllable generation (``control/``) ----------------------------------------------------
+    def _policy(self, **decoding) -> DecodePolicy:
+        known = {f.name for f in dataclasses.fields(DecodePolicy)}
+        unknown = sorted(set(decoding) - known)
+        if unknown:
+            raise GenerationError(f"unknown decoding option{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}")
+        return DecodePolicy(**decoding)
+
+    def generate_json(self, prompt: str, schema: dict, string_tokens: int = 6, integer_tokens: int = 3,
+                      on_step: Callable[[StepEvent], None] | None = None, **decoding):
+        """A JSON value valid against ``schema``: the schema is compiled into a canvas template (keys,
+        quotes, braces fixed; value slots with budgets and allowed tokens), the model fills the slots
+        (diffusion) or decodes under the template's constraints (AR twin), and the text is validated
+        with ``jsonschema``.  Returns ``control.StructuredResult`` (``.text``, ``.value``, ``.nfe``).
+        Raises ``control.SchemaError`` for a schema the compiler does not support."""
+        from .control import Budgets, generate_structured
+
+        policy = self._policy(**decoding)
+        return generate_structured(self.model, self.tokenizer, self.encode(prompt), schema, policy,
+                                   Budgets(string_tokens=string_tokens, integer_tokens=integer_tokens),
+                                   on_step=on_step)
+
+    def edit(self, text: str, spans=None, instruction: str | None = None,
+             on_step: Callable[[StepEvent], None] | None = None, **decoding):
+        """Regenerate ``spans`` (``(start, end, max_tokens)`` character ranges) of ``text``, or its
+        ``<|mask|>`` / ``<|mask:N|>`` placeholders, leaving every other byte unchanged; all spans are
+        filled by one decode.  ``instruction`` goes before the text through the chat template.
+        Returns ``control.edit.EditResult`` (``.text``, ``.fills``, ``.nfe``)."""
+        from .control.edit import check_spans, edit_ids, parse_placeholders
+
+        if spans is None:
+            text, spans = parse_placeholders(text)
+        spans = check_spans(text, spans)
+        decoding.setdefault("block_length", max(1, sum(b for _, _, b in spans)))  # all spans jointly
+        policy = self._policy(**decoding)
+        prompt = self.encode(self.render_chat([{"role": "user", "content": instruction}])) if instruction else None
+        return edit_ids(self.model, self.tokenizer, text, spans, policy, prompt, on_step)
+
     def generate(self, prompt: str | list[str], max_new_tokens: int = 128, steps: int | None = None,
                  block_length: int = 32, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                  seed: int | None = None, stop_at_eos: bool = True,

@@ -737,6 +737,11 @@ def eval_report(
 
 
 
+from .cli_control import register as _register_control  # noqa: E402  (edit, json)
+
+_register_control(app, user_errors, UserError, console)
+
+
 # Keep this guard last: `python -m quicksilver.cli` must see every command defined above.
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,152 @@
+"""Edit any span: the text with the chosen spans masked, everything else fixed; one decode fills all.
+
+Spans are ``(start, end, max_tokens)`` in characters of the text (``end`` exclusive); the characters
+``text[start:end]`` are replaced by at most ``max_tokens`` new tokens, and a span may end early (its
+trailing positions are dropped).  Placeholders ``<|mask|>`` (``DEFAULT_BUDGET`` tokens) or
+``<|mask:N|>`` in the text mark empty spans to fill.  Lines: ``line_spans`` turns 1-based inclusive
+line ranges into character spans (the CLI's ``--span L1:L2``).
+
+Diffusion: the canvas is ``[instruction prompt | text with masked spans]`` and every span is decoded
+jointly (one block over all span positions by default), seeing the text on both sides.  AR twin:
+spans are filled one at a time, left to right, through its fill-in-the-middle format (the prefix is
+the text edited so far, the suffix the original text after the span).  Either way the output is
+assembled from the original text outside the spans, so every unselected byte is unchanged.
+"""
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..sampling.types import DecodePolicy, GenerationError, StepEvent
+from .template import Fixed, Slot, Template, layout
+
+DEFAULT_BUDGET = 16
+MAX_SPANS = 64
+PLACEHOLDER = re.compile(r"<\|mask(?::(\d+))?\|>")
+
+
+class SpanError(GenerationError):
+    """Spans that do not fit the text (one clear sentence)."""
+
+
+@dataclass
+class EditResult:
+    text: str
+    fills: list[str]  # the new text of each span, in order
+    spans: list[tuple[int, int, int]]  # the spans as applied to the input text
+    nfe: int
+    seconds: float
+
+
+def parse_placeholders(text: str, default_budget: int = DEFAULT_BUDGET) -> tuple[str, list[tuple[int, int, int]]]:
+    """Remove ``<|mask|>``/``<|mask:N|>`` placeholders; returns the text and one empty span per placeholder."""
+    out, spans, last = [], [], 0
+    for m in PLACEHOLDER.finditer(text):
+        out.append(text[last:m.start()])
+        at = sum(map(len, out))
+        budget = int(m.group(1)) if m.group(1) else default_budget
+        spans.append((at, at, budget))
+        last = m.end()
+    out.append(text[last:])
+    return "".join(out), spans
+
+
+def line_spans(text: str, ranges: list[tuple[int, int]], budget: int | None = None) -> list[tuple[int, int, int]]:
+    """Character spans of 1-based inclusive line ranges (the line break after L2 stays fixed).
+    The default budget is twice the range's characters / 3 (about twice its tokens), at least 8."""
+    lines = text.splitlines(keepends=True)
+    starts = [0]
+    for line in lines:
+        starts.append(starts[-1] + len(line))
+    spans = []
+    for lo, hi in ranges:
+        if not 1 <= lo <= hi <= len(lines):
+            raise SpanError(f"the line range {lo}:{hi} is outside the file's lines 1 to {len(lines)}")
+        end = starts[hi] - (len(lines[hi - 1]) - len(lines[hi - 1].rstrip("\r\n")))
+        start = starts[lo - 1]
+        spans.append((start, end, budget or max(8, 2 * (end - start) // 3)))
+    return spans
+
+
+def check_spans(text: str, spans) -> list[tuple[int, int, int]]:
+    """Spans as sorted int triples; raises ``SpanError`` for overlapping or out-of-range spans."""
+    if not spans:
+        raise SpanError("no spans to edit: give spans or put <|mask|> placeholders in the text")
+    if len(spans) > MAX_SPANS:
+        raise SpanError(f"at most {MAX_SPANS} spans can be edited at once, got {len(spans)}")
+    clean = []
+    for span in spans:
+        try:
+            start, end, budget = (int(v) for v in span)
+        except (TypeError, ValueError):
+            raise SpanError("each span must be (start, end, max_tokens) as three integers") from None
+        if not 0 <= start <= end <= len(text):
+            raise SpanError(f"the span {start}:{end} is outside the text (0 to {len(text)} characters)")
+        if budget < 1:
+            raise SpanError(f"the span {start}:{end} needs max_tokens of at least 1, got {budget}")
+        clean.append((start, end, budget))
+    clean.sort()
+    for (a0, a1, _), (b0, b1, _) in zip(clean, clean[1:]):
+        if b0 < a1 or a0 == a1 == b0 == b1:
+            raise SpanError(f"the spans {a0}:{a1} and {b0}:{b1} overlap")
+    return clean
+
+
+def edit_template(text: str, spans: list[tuple[int, int, int]]) -> Template:
+    template, last = Template(), 0
+    for start, end, budget in spans:
+        template.add(Fixed(text[last:start]))
+        template.add(Slot(budget, kind="text"))
+        last = end
+    template.add(Fixed(text[last:]))
+    return template
+
+
+def edit_ids(model, tokenizer, text: str, spans: list[tuple[int, int, int]], policy: DecodePolicy,
+             prompt: list[int] | None = None, on_step: Callable[[StepEvent], None] | None = None) -> EditResult:
+    """Fill ``spans`` of ``text`` (already checked) after an optional ``prompt`` (an instruction)."""
+    start_time = time.perf_counter()
+    cfg = model.config
+    if not cfg.causal:
+        from .fill import fill_diffusion
+
+        lay = layout(edit_template(text, spans), tokenizer.encode, cfg.mask_token_id)
+        result = fill_diffusion(model, list(prompt or []), lay, policy, on_step)
+        fills = [tokenizer.decode(v) for v in result.values]
+        nfe = result.nfe
+    else:
+        fills, nfe = _edit_ar(model, tokenizer, text, spans, policy, prompt or [], on_step)
+    out, last = [], 0
+    for (start, end, _), fill in zip(spans, fills):
+        out.append(text[last:start])
+        out.append(fill)
+        last = end
+    out.append(text[last:])
+    return EditResult("".join(out), fills, spans, nfe, time.perf_counter() - start_time)
+
+
+def _edit_ar(model, tokenizer, text, spans, policy, prompt, on_step) -> tuple[list[str], int]:
+    import dataclasses
+
+    from ..sampling import generate
+
+    cfg = model.config
+    fills, nfe, done_text, last = [], 0, "", 0
+    for start, end, budget in spans:
+        done_text += text[last:start]
+        prefix = list(prompt) + tokenizer.encode(done_text)
+        suffix = tokenizer.encode(text[end:])
+        ids = [cfg.fim_prefix_id, *prefix, cfg.fim_suffix_id, *suffix, cfg.fim_middle_id]
+        result = generate(model, [ids], dataclasses.replace(policy, max_new_tokens=budget), on_step=on_step)
+        fill = tokenizer.decode(result.ids[0])
+        fills.append(fill)
+        nfe += result.nfe
+        done_text += fill
+        last = end
+    return fills, nfe
+
+
+__all__ = ["EditResult", "SpanError", "parse_placeholders", "line_spans", "check_spans", "edit_template",
+           "edit_ids", "DEFAULT_BUDGET"]
