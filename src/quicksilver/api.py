@@ -157,6 +157,80 @@ class LM:
         prompt = self.encode(self.render_chat([{"role": "user", "content": instruction}])) if instruction else None
         return edit_ids(self.model, self.tokenizer, text, spans, policy, prompt, on_step)
 
+    # -- the server's side of controllable generation (optional Backend capabilities) ----------------
+    def compile_schema(self, schema, string_tokens: int = 6):
+        """The canvas layout of ``schema`` (raises ``control.SchemaError``: the server's 400)."""
+        from .control import Budgets
+        from .control.structured import compile_layout
+
+        return compile_layout(schema, self.tokenizer, self.model.config, Budgets(string_tokens=string_tokens))
+
+    def _region_events(self, lay, on_step):
+        """StepEvents of a template fill with dropped slot positions removed, so that the ids before
+        the first mask are final text (what the engine streams)."""
+        if on_step is None:
+            return None
+        from .control.structured import display_ids
+
+        def relay(event: StepEvent) -> None:
+            ids = display_ids(lay, event.canvas[0].tolist(), self.eos_id)
+            on_step(StepEvent(event.step, event.block, torch.tensor([ids]),
+                              torch.zeros(1, len(ids), dtype=torch.bool), event.mask_id))
+        return relay
+
+    def structured_ids(self, prompt: list[int], schema, lay, policy: DecodePolicy,
+                       on_step: Callable[[StepEvent], None] | None = None) -> GenerationResult:
+        """Fill the compiled ``lay`` of ``schema`` after ``prompt``; ``texts[0]`` is validated JSON."""
+        from .control.structured import generate_structured
+
+        result = generate_structured(self.model, self.tokenizer, prompt, schema, policy, lay=lay,
+                                     on_step=self._region_events(lay, on_step))
+        ids = self.encode(result.text)
+        return GenerationResult(ids=[ids], texts=[result.text], nfe=result.nfe, generated_tokens=result.tokens,
+                                seconds=result.seconds, finished=[True], row_forwards=result.nfe)
+
+    def tool_call_ids(self, prompt: list[int], tools, policy: DecodePolicy,
+                      on_step: Callable[[StepEvent], None] | None = None) -> GenerationResult:
+        """A tool call: ``tools`` is a list of (name, parameters schema, compiled layout).  With several
+        tools the model first chooses the name (an enum slot after ``{"name": ``), then fills that
+        tool's arguments after ``{"name": "...", "arguments": ``.  ``texts[0]`` is that JSON object."""
+        import json
+
+        from .control.structured import generate_structured
+
+        nfe, seconds = 0, 0.0
+        name, schema, lay = tools[0]
+        if len(tools) > 1:
+            names = [t[0] for t in tools]
+            pick = generate_structured(self.model, self.tokenizer, prompt + self.encode('{"name": '),
+                                       {"enum": names}, policy)
+            nfe, seconds = pick.nfe, pick.seconds
+            name, schema, lay = tools[names.index(pick.value)]
+        head = prompt + self.encode('{"name": ' + json.dumps(name) + ', "arguments": ')
+        args = generate_structured(self.model, self.tokenizer, head, schema, policy, lay=lay,
+                                   on_step=self._region_events(lay, on_step))
+        text = json.dumps({"name": name, "arguments": args.value}, ensure_ascii=False)
+        return GenerationResult(ids=[self.encode(text)], texts=[text], nfe=nfe + args.nfe,
+                                generated_tokens=args.tokens, seconds=seconds + args.seconds, finished=[True],
+                                row_forwards=nfe + args.nfe)
+
+    def edit_ids(self, prompt: list[int], text: str, spans, policy: DecodePolicy,
+                 on_step: Callable[[StepEvent], None] | None = None) -> GenerationResult:
+        """Regenerate ``spans`` of ``text`` (checked by ``control.edit.check_spans``) after ``prompt``;
+        ``texts[0]`` is the whole edited text."""
+        from .control.edit import edit_ids, edit_template
+        from .control.template import layout
+
+        relay = on_step
+        if self.is_diffusion and on_step is not None:
+            relay = self._region_events(layout(edit_template(text, spans), self.encode, self.mask_id), on_step)
+        elif on_step is not None:
+            relay = None  # the AR twin fills span by span through FIM: no whole-text drafts
+        result = edit_ids(self.model, self.tokenizer, text, spans, policy, prompt, relay)
+        ids = self.encode(result.text)
+        return GenerationResult(ids=[ids], texts=[result.text], nfe=result.nfe, generated_tokens=len(ids),
+                                seconds=result.seconds, finished=[True], row_forwards=result.nfe)
+
     def generate(self, prompt: str | list[str], max_new_tokens: int = 128, steps: int | None = None,
                  block_length: int = 32, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                  seed: int | None = None, stop_at_eos: bool = True,

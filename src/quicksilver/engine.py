@@ -115,6 +115,10 @@ class Request:
     stops: tuple[str, ...] = ()
     suffix: list[int] | None = None  # fill-in-the-middle: decode between prompt and suffix
     drafts: bool = False  # send Draft events
+    # A job the backend runs in place of ``generate_ids`` (structured output, edits): called on the worker
+    # thread as ``run(policy, on_step)`` and returns a one-row ``GenerationResult`` whose ``texts[0]`` is
+    # the final text.  Served one at a time like fill-in-the-middle; the engine knows nothing of what it does.
+    run: Callable | None = None
     sink: Callable[[Event], None] = lambda event: None
     id: int = 0
     cancelled: bool = False  # set by ``Engine.cancel`` from any thread; seen at the next step
@@ -191,8 +195,8 @@ class RowState:
             self.request.sink(Delta(self.index, text[len(self.emitted):]))
             self.emitted = text
 
-    def finish(self, ids: list[int], ended_by_eos: bool, nfe: int) -> None:
-        """The row is over: send the rest of its final text and ``Finished``."""
+    def finish(self, ids: list[int], ended_by_eos: bool, nfe: int, text: str | None = None) -> None:
+        """The row is over: send the rest of its final text (``text``, else ``ids`` decoded) and ``Finished``."""
         if self.finished:
             return
         self.finished = True
@@ -200,7 +204,7 @@ class RowState:
         if self.stop_text is not None:
             text, hit = self.stop_text, True
         else:
-            text, hit = self._cut(self.backend.decode(ids))
+            text, hit = self._cut(self.backend.decode(ids) if text is None else text)
         self._send(text)
         reason = "stop" if (hit or ended_by_eos) else "length"
         self.tokens = len(ids)
@@ -311,7 +315,7 @@ class Engine:
             raise GenerationError(
                 f"this model's maximum context length is {self.backend.context_length} tokens; the prompt has "
                 f"{len(request.prompt) + len(request.suffix or [])} tokens and max_tokens is {policy.max_new_tokens}")
-        if not request.prompt and not request.suffix:
+        if not request.prompt and not request.suffix and request.run is None:
             raise GenerationError("the prompt is empty")
         with self._lock:
             if self._closing:
@@ -379,7 +383,7 @@ class Engine:
     def _route(self, request: Request) -> None:
         if request.cancelled:
             return self._close(request, "cancelled")
-        if self.batched and request.suffix is None:
+        if self.batched and request.suffix is None and request.run is None:
             key = cohort_key(request.policy, request.id)
             cohort = self._cohorts.get(key)
             if cohort is None:
@@ -503,7 +507,10 @@ class Engine:
             return on_step
 
         try:
-            if request.suffix is not None:  # one hole at a time; choice i samples with seed + i
+            if request.run is not None:
+                result = request.run(dataclasses.replace(request.policy), watcher(request.rows[:1]))
+                request.rows[0].finish(result.ids[0], result.finished[0], result.nfe, text=result.texts[0])
+            elif request.suffix is not None:  # one hole at a time; choice i samples with seed + i
                 for i, row in enumerate(request.rows):
                     seed = None if request.policy.seed is None else request.policy.seed + i
                     policy = dataclasses.replace(request.policy, seed=seed)

@@ -82,6 +82,8 @@ def check_spans(text: str, spans) -> list[tuple[int, int, int]]:
             start, end, budget = (int(v) for v in span)
         except (TypeError, ValueError):
             raise SpanError("each span must be (start, end, max_tokens) as three integers") from None
+        if start > end:
+            raise SpanError(f"the span {start}:{end} ends before it starts")
         if not 0 <= start <= end <= len(text):
             raise SpanError(f"the span {start}:{end} is outside the text (0 to {len(text)} characters)")
         if budget < 1:

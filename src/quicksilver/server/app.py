@@ -1,7 +1,8 @@
 """The OpenAI-compatible HTTP server (FastAPI) over the engine.
 
 Routes: ``GET /v1/models``, ``POST /v1/completions`` (``suffix`` = fill in the middle),
-``POST /v1/chat/completions``, ``GET /health`` (503 until the model is loaded), ``GET /metrics``
+``POST /v1/chat/completions`` (both with ``response_format``; chat with ``tools``), ``POST /v1/edits``
+(docs/control.md), ``GET /health`` (503 until the model is loaded), ``GET /metrics``
 (Prometheus text), ``GET /version``, ``GET /`` (the playground page) and ``/static/*``.
 The streaming contract (SSE chunks, draft frames, stats) is in docs/serving.md.
 """
@@ -35,7 +36,8 @@ from ..sampling.types import GenerationError
 from .errors import APIError, api_error_handler, http_handler, validation_handler
 from .guard import RequestGuard
 from .metrics import render_metrics
-from .schemas import MAX_STOP_CHARS, MAX_STOPS, ChatRequest, CompletionRequest, Decoding
+from . import control
+from .schemas import MAX_STOP_CHARS, MAX_STOPS, ChatRequest, CompletionRequest, Decoding, EditRequest
 
 STATIC = Path(__file__).parent / "static"
 PING_S = 15.0  # an SSE comment after this long without an event keeps proxies and clients patient
@@ -178,7 +180,12 @@ def create_app(settings: ServerSettings | None = None, backend: Backend | None =
         suffix = backend_.encode(body.suffix) if body.suffix else None
         if suffix is not None and not ids and not suffix:
             raise APIError(400, "prompt and suffix are both empty", "prompt")
-        job = _job(body, ids, suffix, backend_, settings)
+        if control.response_schema(body.response_format) is not None:
+            if suffix is not None:
+                raise APIError(400, "suffix cannot be combined with response_format", "suffix")
+            job = await control.structured_job(body, ids, backend_)
+        else:
+            job = _job(body, ids, suffix, backend_, settings)
         return await _serve(request, engine, job, body, backend_.name, chat=False)
 
     @app.post("/v1/chat/completions")
@@ -188,6 +195,11 @@ def create_app(settings: ServerSettings | None = None, backend: Backend | None =
         if body.max_completion_tokens is not None and body.max_tokens is None:
             body.max_tokens = body.max_completion_tokens
         messages = [m.model_dump() for m in body.messages]
+        tools = control.chosen_tools(body)
+        if tools is not None:
+            if body.stream:
+                raise APIError(400, "stream is not supported with tools; call without stream", "stream")
+            messages = control.tool_messages(messages, tools)
         try:
             text = backend_.render_chat(messages)
         except ChatTemplateError as e:
@@ -195,8 +207,26 @@ def create_app(settings: ServerSettings | None = None, backend: Backend | None =
         ids = backend_.encode(text)
         if not ids:
             raise APIError(400, "the messages render to an empty prompt", "messages")
-        job = _job(body, ids, None, backend_, settings)
+        if tools is not None:
+            job = await control.tool_job(body, ids, backend_, tools)
+            response = await _serve(request, engine, job, body, backend_.name, chat=True)
+            return control.as_tool_call(response) if isinstance(response, dict) else response
+        if control.response_schema(body.response_format) is not None:
+            job = await control.structured_job(body, ids, backend_)
+        else:
+            job = _job(body, ids, None, backend_, settings)
         return await _serve(request, engine, job, body, backend_.name, chat=True)
+
+    @app.post("/v1/edits")
+    async def edits(body: EditRequest, request: Request):
+        """Regenerate spans of ``input`` (docs/control.md); the answer has the completion shape."""
+        backend_, engine = state.ready()
+        _check_common(body, backend_, settings)
+        job = control.edit_job(body, backend_)
+        response = await _serve(request, engine, job, body, backend_.name, chat=False)
+        if isinstance(response, dict):
+            response["object"] = "edit"
+        return response
 
     return app
 
