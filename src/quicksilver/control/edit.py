@@ -38,6 +38,7 @@ class EditResult:
     spans: list[tuple[int, int, int]]  # the spans as applied to the input text
     nfe: int
     seconds: float
+    fill_tokens: list[int]  # tokens each span was filled with (at most its budget; fewer when it ended early)
 
 
 def parse_placeholders(text: str, default_budget: int = DEFAULT_BUDGET) -> tuple[str, list[tuple[int, int, int]]]:
@@ -117,25 +118,26 @@ def edit_ids(model, tokenizer, text: str, spans: list[tuple[int, int, int]], pol
         lay = layout(edit_template(text, spans), tokenizer.encode, cfg.mask_token_id)
         result = fill_diffusion(model, list(prompt or []), lay, policy, on_step)
         fills = [tokenizer.decode(v) for v in result.values]
+        counts = [len(v) for v in result.values]
         nfe = result.nfe
     else:
-        fills, nfe = _edit_ar(model, tokenizer, text, spans, policy, prompt or [], on_step)
+        fills, counts, nfe = _edit_ar(model, tokenizer, text, spans, policy, prompt or [], on_step)
     out, last = [], 0
     for (start, end, _), fill in zip(spans, fills):
         out.append(text[last:start])
         out.append(fill)
         last = end
     out.append(text[last:])
-    return EditResult("".join(out), fills, spans, nfe, time.perf_counter() - start_time)
+    return EditResult("".join(out), fills, spans, nfe, time.perf_counter() - start_time, counts)
 
 
-def _edit_ar(model, tokenizer, text, spans, policy, prompt, on_step) -> tuple[list[str], int]:
+def _edit_ar(model, tokenizer, text, spans, policy, prompt, on_step) -> tuple[list[str], list[int], int]:
     import dataclasses
 
     from ..sampling import generate
 
     cfg = model.config
-    fills, nfe, done_text, last = [], 0, "", 0
+    fills, counts, nfe, done_text, last = [], [], 0, "", 0
     for start, end, budget in spans:
         done_text += text[last:start]
         prefix = list(prompt) + tokenizer.encode(done_text)
@@ -144,10 +146,11 @@ def _edit_ar(model, tokenizer, text, spans, policy, prompt, on_step) -> tuple[li
         result = generate(model, [ids], dataclasses.replace(policy, max_new_tokens=budget), on_step=on_step)
         fill = tokenizer.decode(result.ids[0])
         fills.append(fill)
+        counts.append(len(result.ids[0]))
         nfe += result.nfe
         done_text += fill
         last = end
-    return fills, nfe
+    return fills, counts, nfe
 
 
 __all__ = ["EditResult", "SpanError", "parse_placeholders", "line_spans", "check_spans", "edit_template",
