@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from quicksilver.eval import bench
-from quicksilver.checkpoint import save_pretrained
+from quicksilver.loading.checkpoint import save_pretrained
 from quicksilver.model import Transformer
 from tests.conftest import tiny_config
 
@@ -104,7 +104,7 @@ def test_bench_command_writes_its_outputs(twins, tmp_path):
 def test_exported_llama_computes_the_same_logits(tiny_tokenizer, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from quicksilver.export_hf import export_hf_llama, to_hf_llama
+    from quicksilver.loading.export_hf import export_hf_llama, to_hf_llama
 
     model = Transformer(tiny_config(tiny_tokenizer, causal=True, rope_theta=500.0))
     model.reset_parameters(seed=2)
@@ -119,7 +119,7 @@ def test_exported_llama_computes_the_same_logits(tiny_tokenizer, tmp_path):
 
 
 def test_export_refuses_a_diffusion_model(tiny_tokenizer):
-    from quicksilver.export_hf import ExportError, llama_config_dict
+    from quicksilver.loading.export_hf import ExportError, llama_config_dict
 
     with pytest.raises(ExportError, match="causal"):
         llama_config_dict(Transformer(tiny_config(tiny_tokenizer)))

@@ -211,7 +211,7 @@ def hf_runner(model, max_new_tokens: int) -> Callable[[list[list[int]]], CallSta
     """transformers' ``generate()`` (greedy, KV cache) on the twin exported as LlamaForCausalLM."""
     from transformers import LogitsProcessor, LogitsProcessorList
 
-    from ..export_hf import to_hf_llama
+    from ..loading.export_hf import to_hf_llama
 
     hf = to_hf_llama(model)
     cfg = model.config
@@ -268,7 +268,7 @@ def measure(run: Callable[[list[list[int]]], CallStats], prompt_ids: list[list[i
 
 
 def _load(name: str, device: str, dtype: torch.dtype):
-    from ..checkpoint import load_model
+    from ..loading.checkpoint import load_model
     return load_model(name, device=device, dtype=dtype)
 
 

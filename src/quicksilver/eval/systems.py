@@ -280,7 +280,7 @@ class LocalSystem:
 
 def load_system(name: str, setting: str = "fixed:1", block_length: int = 32, cache: str = "none",
                 batch_size: int | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32) -> LocalSystem:
-    from ..checkpoint import load_model
+    from ..loading.checkpoint import load_model
 
     model, tokenizer = load_model(name, device=device, dtype=dtype)
     system = LocalSystem(name, model, tokenizer, setting, block_length, cache, batch_size)

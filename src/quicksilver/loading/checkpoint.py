@@ -13,11 +13,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import ConfigError, ModelConfig
-from .model import Transformer
-from .tokenizer import Tokenizer, TokenizerError
+from ..config import ConfigError, ModelConfig
+from ..model import Transformer
+from ..tokenizer import Tokenizer, TokenizerError
 
-BUNDLED_DIR = Path(__file__).parent / "models"
+BUNDLED_DIR = Path(__file__).parent.parent / "models"
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import CheckpointError
-from ..config import read_json_object
-from ..model import Transformer
-from ..tokenizer import ExternalTokenizer, TokenizerError
+from ...config import read_json_object
+from ...model import Transformer
+from ...tokenizer import ExternalTokenizer, TokenizerError
 from . import dream, llada
 from .weights import load_into, tensor_files
 

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .config import ConfigError
+from ..config import ConfigError
 
 
 @dataclass(frozen=True)

@@ -19,17 +19,17 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_save_tensors, atomic_write_text, save_pretrained
+from ..loading.checkpoint import atomic_save_tensors, atomic_write_text, save_pretrained
 from .adapt import init_from
-from .config import ConfigError, ModelConfig
-from .data.shards import ShardDataset
-from .diffusion import ar_loss, diffusion_loss, fim_transform, sample_times
+from ..config import ConfigError, ModelConfig
+from ..data.shards import ShardDataset
+from ..diffusion import ar_loss, diffusion_loss, fim_transform, sample_times
 from .distributed import (DistInfo, Objective, all_reduce_sum, barrier, full_model_state, full_optimizer_state,
                           load_optimizer_state, teardown, wrap)
 from .distributed import setup as dist_setup
 from .sft import sft_batch_loss, sft_step_loss
-from .model import Transformer
-from .tokenizer import Tokenizer
+from ..model import Transformer
+from ..tokenizer import Tokenizer
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -210,7 +210,7 @@ def validation_loss(model, batches: list, cfg: TrainConfig, mcfg: ModelConfig,
     """Nats per token on fixed validation windows: the diffusion NELBO (an upper bound on NLL,
     averaged over ``eval_time_samples`` fixed mask draws) or the AR model's exact NLL.
 
-    ``model`` is the plain model or the wrapped objective (:mod:`quicksilver.distributed`).  Under
+    ``model`` is the plain model or the wrapped objective (:mod:`quicksilver.training.distributed`).  Under
     torchrun each rank takes every world_size-th batch and the sums are added up, so the result
     equals a one-process evaluation; every rank runs the same number of forwards (FSDP needs that).
     """
