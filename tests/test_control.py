@@ -18,6 +18,7 @@ from quicksilver.control.schema import Budgets, compile_schema
 from quicksilver.control.template import Fixed, Slot, Template, layout
 from quicksilver.control.vocab import token_classes
 from quicksilver.control.fill import fill_diffusion
+from quicksilver.control.samples import sample_schemas
 from quicksilver.sampling import DecodePolicy
 
 torch.set_num_threads(1)
@@ -33,39 +34,7 @@ def twin():
     return quicksilver.load("coder-tiny-ar", device="cpu")
 
 
-def random_schema(rng: random.Random, depth: int = 0) -> dict:
-    """A schema drawn from what the compiler supports: nesting, arrays, enums, numbers, booleans,
-    strings, null, required and optional properties, Optional (anyOf with null), local $ref."""
-    kinds = ["string", "integer", "number", "boolean", "enum", "null", "optional"]
-    if depth < 2:
-        kinds += ["object", "array", "object"]
-    kind = rng.choice(kinds)
-    if kind == "object":
-        names = rng.sample(["id", "name", "size", "ok", "kind", "items", "meta", "x", "y", "note"], rng.randint(1, 3))
-        props = {n: random_schema(rng, depth + 1) for n in names}
-        required = [n for n in names if rng.random() < 0.6]
-        out = {"type": "object", "properties": props, "required": required}
-        if rng.random() < 0.3:
-            out["additionalProperties"] = False
-        return out
-    if kind == "array":
-        out = {"type": "array", "items": random_schema(rng, depth + 1)}
-        if rng.random() < 0.5:
-            out["maxItems"] = rng.randint(1, 3)
-        if rng.random() < 0.3:
-            out["minItems"] = min(out.get("maxItems", 3), rng.randint(0, 2))
-        return out
-    if kind == "enum":
-        return {"enum": rng.sample(["red", "green", "blue", 1, 2.5, True, None, "a b"], rng.randint(1, 4))}
-    if kind == "optional":
-        return {"anyOf": [{"type": rng.choice(["string", "integer"])}, {"type": "null"}]}
-    return {"type": kind, "description": "a value"}
-
-
-SCHEMAS = [random_schema(random.Random(seed)) for seed in range(50)]
-# always some depth: wrap every other one in an object
-SCHEMAS = [s if i % 2 else {"type": "object", "properties": {"v": s, "n": {"type": "integer"}}, "required": ["v"]}
-           for i, s in enumerate(SCHEMAS)]
+SCHEMAS = sample_schemas(50)
 SMALL = dict(string_tokens=2, integer_tokens=2)
 
 

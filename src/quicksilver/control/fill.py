@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..sampling import rules
+from ..sampling import correction, rules
 from ..sampling.diffusion import never_sample_ids
 from ..sampling.types import DecodePolicy, GenerationError, StepEvent
 from .template import Layout, cut_at_end
@@ -107,6 +107,35 @@ def fill_diffusion(model, prompt: list[int], lay: Layout, policy: DecodePolicy,
         generator = torch.Generator().manual_seed(policy.seed if policy.seed is not None else 0)
     positions = torch.arange(width, device=device)[None]
     nfe = 0
+    remask = policy.correct in ("remask", "both")
+    edit = policy.correct in ("edit", "both")
+    propagated: set[int] = set()  # units set to the end marker because an earlier position ended the slot
+
+    def run() -> torch.Tensor:
+        nonlocal nfe
+        hidden = model.hidden_states(canvas[None].to(device), positions=positions)[0]
+        if getattr(cfg, "logits_shift", False):
+            hidden = torch.cat([hidden[:1], hidden[:-1]], dim=0)
+        nfe += 1
+        return hidden
+
+    def logits_for(hidden: torch.Tensor, wanted: list[int]) -> dict[int, torch.Tensor]:
+        if not wanted:
+            return {}
+        return dict(zip(wanted, model.head(hidden[torch.tensor(wanted, device=device)]).float().cpu()))
+
+    def correctable(members: list[int]) -> list[int]:
+        """Committed free positions of the block that correction may touch (no end markers, no choices)."""
+        return [k for k in members if done[k] and units[k][0] == "pos" and k not in propagated
+                and int(canvas[units[k][1]]) != end]
+
+    def current(logits: torch.Tensor, pos: int, token: int) -> float:
+        return float(logits.masked_fill(~allow[pos - off], float("-inf")).softmax(-1)[token])
+
+    def report(b_index: int, changed: torch.Tensor) -> None:
+        if on_step is not None:
+            on_step(StepEvent(nfe, b_index, canvas[off:][None].clone(), changed[None], cfg.mask_token_id))
+
     for b_index, members in enumerate(blocks):
         n_steps = max(1, min(len(members), round(total_steps * len(members) / max(1, len(units)))))
         schedule = rules.transfer_counts(len(members), n_steps)
@@ -115,14 +144,12 @@ def fill_diffusion(model, prompt: list[int], lay: Layout, policy: DecodePolicy,
             open_units = [k for k in members if not done[k]]
             if not open_units:
                 break
-            hidden = model.hidden_states(canvas[None].to(device), positions=positions)[0]
-            if getattr(cfg, "logits_shift", False):
-                hidden = torch.cat([hidden[:1], hidden[:-1]], dim=0)
-            nfe += 1
-            wanted = sorted({u[1] for k in open_units if units[k][0] == "pos" for u in [units[k]]} |
+            hidden = run()
+            fixed_old = correctable(members) if remask else []
+            wanted = sorted({units[k][1] for k in open_units + fixed_old if units[k][0] == "pos"} |
                             {off + units[k][1].start + i for k in open_units if units[k][0] == "choice"
                              for i in range(units[k][1].slot.budget)})
-            logits_at = dict(zip(wanted, model.head(hidden[torch.tensor(wanted, device=device)]).float().cpu()))
+            logits_at = logits_for(hidden, wanted)
             proposals: dict[int, list[int]] = {}
             scores = torch.full((len(open_units),), float("-inf"))
             for j, k in enumerate(open_units):
@@ -154,7 +181,24 @@ def fill_diffusion(model, prompt: list[int], lay: Layout, policy: DecodePolicy,
                 chosen = rules.commit_factor(scores[None], candidates, policy.factor)[0]
             else:
                 chosen = rules.commit_threshold(scores[None], candidates, policy.threshold)[0]
-            committed = torch.zeros(len(lay.ids), dtype=torch.bool)
+            changed = torch.zeros(len(lay.ids), dtype=torch.bool)
+            if fixed_old:
+                # Remasking: weak committed tokens swap with surer proposals (free positions only).
+                if policy.commit == "fixed":
+                    budget = correction.reopen_budget(policy.remask_share, len(fixed_old), step, n_steps)
+                else:
+                    last = int(chosen.sum()) >= len(open_units)
+                    budget = 0 if last else int(policy.remask_share * len(open_units) / len(members) * len(fixed_old))
+                old = torch.tensor([current(logits_at[units[k][1]], units[k][1], int(canvas[units[k][1]]))
+                                    for k in fixed_old])
+                free = torch.tensor([units[k][0] == "pos" for k in open_units])
+                swapped, reopen = correction.swap_weakest(scores.masked_fill(~free, float("-inf")), chosen, old, budget)
+                chosen = swapped
+                for k, back in zip(fixed_old, reopen.tolist()):
+                    if back:
+                        canvas[units[k][1]] = cfg.mask_token_id
+                        done[k] = False
+                        changed[units[k][1] - off] = True
             for j, k in enumerate(open_units):
                 if not bool(chosen[j]):
                     continue
@@ -163,20 +207,41 @@ def fill_diffusion(model, prompt: list[int], lay: Layout, policy: DecodePolicy,
                 if unit[0] == "choice":
                     base = off + unit[1].start
                     canvas[base:base + unit[1].slot.budget] = torch.tensor(proposals[k])
-                    committed[base - off:base - off + unit[1].slot.budget] = True
+                    changed[base - off:base - off + unit[1].slot.budget] = True
                     continue
                 pos, place = unit[1], unit[2]
                 canvas[pos] = proposals[k][0]
-                committed[pos - off] = True
+                changed[pos - off] = True
                 if proposals[k][0] == end:  # the slot ends here: its later positions are dropped
                     for later in range(pos + 1, off + place.start + place.slot.budget):
                         if not done[unit_of_pos[later]]:
                             canvas[later] = end
-                            committed[later - off] = True
+                            changed[later - off] = True
                             done[unit_of_pos[later]] = True
+                            propagated.add(unit_of_pos[later])
             step += 1
-            if on_step is not None:
-                on_step(StepEvent(nfe, b_index, canvas[off:][None].clone(), committed[None], cfg.mask_token_id))
+            report(b_index, changed)
+        if edit:
+            # Token-to-token editing: the block is full; replace what the model is now sure is wrong.
+            for _ in range(policy.edit_passes):
+                touchable = correctable(members)
+                if not touchable:
+                    break
+                hidden = run()
+                logits_at = logits_for(hidden, [units[k][1] for k in touchable])
+                changed = torch.zeros(len(lay.ids), dtype=torch.bool)
+                for k in touchable:
+                    pos = units[k][1]
+                    row = allow[pos - off].clone()
+                    row[end] = False  # editing never ends or reopens a slot
+                    probs = logits_at[pos].masked_fill(~row, float("-inf")).softmax(-1)
+                    best = int(probs.argmax())
+                    if bool(correction.edits(canvas[pos], torch.tensor(best), probs[best], policy.edit_threshold)):
+                        canvas[pos] = best
+                        changed[pos - off] = True
+                report(b_index, changed)
+                if not bool(changed.any()):
+                    break
     region = canvas[off:].tolist()
     values = [cut_at_end(region[p.start:p.start + p.slot.budget], end) for p in lay.places]
     return FillResult(values, nfe, time.perf_counter() - start_time, region)
