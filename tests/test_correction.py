@@ -1,0 +1,74 @@
+"""Correction while refining (``DecodePolicy.correct``): it shows in the drafts, it never touches a
+fixed token, and with it off the decoder's outputs are those of the decoder without it."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import quicksilver
+from quicksilver.control.fill import fill_diffusion
+from quicksilver.control.template import Fixed, Slot, Template, layout
+from quicksilver.sampling import DecodePolicy, GenerationError
+from quicksilver.sampling.correction import edits, reopen_budget, swap_weakest
+from quicksilver.sampling.infill import diffusion_infill
+
+torch.set_num_threads(1)
+PREFIX = "def mean(xs):\n    total = 0\n    for x in xs:\n"
+SUFFIX = "\n    return total / len(xs)\n\n\nprint(mean([1, 2, 3]))\n"
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return quicksilver.load("coder-tiny", device="cpu")
+
+
+def canvas(lm, budget=12):
+    return layout(Template([Fixed(PREFIX), Slot(budget), Fixed(SUFFIX)]), lm.encode, lm.mask_id)
+
+
+def test_rules():
+    assert reopen_budget(0.5, 8, 0, 4) == 4 and reopen_budget(0.5, 8, 3, 4) == 0 and reopen_budget(0.5, 8, 0, 1) == 0
+    chosen, reopen = swap_weakest(torch.tensor([0.9, 0.8, 0.3]), torch.tensor([True, False, False]),
+                                  torch.tensor([0.5, 0.1, 0.95]), budget=2)
+    # the best spare proposal (0.8) replaces the weakest committed token (0.1); the next (0.3) is weaker
+    # than the next committed one (0.5), so the swapping stops
+    assert chosen.tolist() == [True, True, False] and reopen.tolist() == [False, True, False]
+    # a proposal is only swapped in for a weaker committed token
+    chosen, reopen = swap_weakest(torch.tensor([0.9, 0.05]), torch.tensor([True, False]), torch.tensor([0.5]), 1)
+    assert chosen.tolist() == [True, False] and not reopen.any()
+    assert edits(torch.tensor([1, 2, 3]), torch.tensor([1, 5, 6]), torch.tensor([0.99, 0.95, 0.5]), 0.9).tolist() == \
+        [False, True, False]
+    with pytest.raises(GenerationError, match="correct must be"):
+        DecodePolicy(correct="always").validate()
+
+
+@pytest.mark.parametrize("fields", [dict(correct="remask", remask_share=1.0),
+                                    dict(correct="edit", edit_threshold=0.05, edit_passes=3),
+                                    dict(correct="both", remask_share=1.0, edit_threshold=0.05, temperature=1.0,
+                                         seed=3)])
+def test_correction_shows_in_drafts_and_never_changes_a_fixed_token(lm, fields):
+    lay = canvas(lm)
+    fixed = [i for i, t in enumerate(lay.ids) if t != lm.mask_id]
+    frames = []
+    result = fill_diffusion(lm.model, lm.encode("# mean\n"), lay, DecodePolicy(block_length=12, steps=6, **fields),
+                            on_step=lambda e: frames.append(e.canvas[0].tolist()))
+    for frame in frames:
+        assert [frame[i] for i in fixed] == [lay.ids[i] for i in fixed]
+    corrected = any(a[i] != lm.mask_id and b[i] != a[i] for a, b in zip(frames, frames[1:]) for i in range(len(a)))
+    assert corrected, "the settings are meant to correct something; the test would prove nothing otherwise"
+    text = lay.render(result.values, lm.decode)
+    assert text.startswith(PREFIX) and text.endswith(SUFFIX)
+    if fields["correct"] == "remask":
+        assert result.nfe == 6  # remasking spends no extra forward pass
+
+
+def test_with_correction_off_outputs_are_those_of_the_infill_decoder(lm):
+    for prefix, suffix, budget, steps in ((PREFIX, SUFFIX, 12, 12), (PREFIX, SUFFIX, 10, 5), ("import os\n", "\n", 8, 4)):
+        lay = layout(Template([Fixed(prefix), Slot(budget), Fixed(suffix)]), lm.encode, lm.mask_id)
+        policy = DecodePolicy(block_length=budget, steps=steps)
+        ours = fill_diffusion(lm.model, [], lay, policy)
+        theirs, _ = diffusion_infill(lm.model, [lm.encode(prefix)], [lm.encode(suffix)], budget, policy)
+        assert ours.values[0] == theirs[0]
+        off = fill_diffusion(lm.model, [], lay, DecodePolicy(block_length=budget, steps=steps, correct="remask",
+                                                             remask_share=0.0))
+        assert off.values == ours.values
