@@ -72,3 +72,14 @@ def test_with_correction_off_outputs_are_those_of_the_infill_decoder(lm):
         off = fill_diffusion(lm.model, [], lay, DecodePolicy(block_length=budget, steps=steps, correct="remask",
                                                              remask_share=0.0))
         assert off.values == ours.values
+
+
+def test_generate_with_correction_streams_corrections_and_keeps_the_prompt(lm):
+    frames = []
+    result = lm.generate("def mean(xs):\n", max_new_tokens=16, steps=8, block_length=16, correct="both",
+                         remask_share=1.0, edit_threshold=0.05, on_step=lambda e: frames.append(e.canvas[0].tolist()))
+    assert result.nfe >= 8 and result.text
+    assert any(a[i] != lm.mask_id and b[i] != a[i] for a, b in zip(frames, frames[1:]) for i in range(len(a)))
+    plain = lm.generate("def mean(xs):\n", max_new_tokens=16, steps=8, block_length=16)
+    assert plain.text == lm.generate("def mean(xs):\n", max_new_tokens=16, steps=8, block_length=16,
+                                     correct="none").text

@@ -93,6 +93,12 @@ def generate(
     refresh: Optional[str] = typer.Option(None, help="How a cached block starts: full or incremental."),
     early_stop: Optional[bool] = typer.Option(None, "--early-stop/--no-early-stop",
                                               help="Stop as soon as end of text is final (no pass on trailing padding)."),
+    correct: Optional[str] = typer.Option(None, help="Correction while refining (diffusion): none, remask, edit or "
+                                                      "both (docs/control.md)."),
+    remask_share: Optional[float] = typer.Option(None, help="--correct remask: most of a block's committed tokens "
+                                                            "one step may reopen (default 0.25)."),
+    edit_threshold: Optional[float] = typer.Option(None, help="--correct edit: replace a committed token when the "
+                                                              "model's best token differs with this probability (0.9)."),
     chat: bool = typer.Option(False, "--chat", help="Send PROMPT as a user message through the model's chat template."),
     live: bool = typer.Option(True, "--live/--no-live", help="Show the canvas being refined."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
@@ -114,7 +120,8 @@ def generate(
         raise UserError("the prompt is empty")
     options = dict(max_new_tokens=max_new_tokens, steps=steps, block_length=block_length, temperature=temperature,
                    top_p=top_p, seed=seed, commit=commit, threshold=threshold, factor=factor,
-                   entropy_bound=entropy_bound, score=score, cache=cache, refresh=refresh, early_stop=early_stop)
+                   entropy_bound=entropy_bound, score=score, cache=cache, refresh=refresh, early_stop=early_stop,
+                   correct=correct, remask_share=remask_share, edit_threshold=edit_threshold)
     given = {k: v for k, v in options.items() if v is not None}
     # Check the decoding options before anything is loaded or drawn, so a bad option prints only its error.
     (preset_policy(preset, **given) if preset is not None else dataclasses.replace(DecodePolicy(), **given)).validate()
