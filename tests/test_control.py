@@ -182,6 +182,10 @@ def test_cli_edit_writes_a_diff_and_refuses_bad_spans(tmp_path):
     written = run("edit", str(f), "--span", "2:2", "--max-tokens", "4", "--write")
     assert written.returncode == 0 and f.read_text().startswith("def add(a, b):\n")
     schema = tmp_path / "s.json"
+    schema.write_text(json.dumps({"type": "object", "properties": {"n": {"type": "integer"}}}))
+    ok = run("json", "x = ", "--schema", str(schema))
+    assert ok.returncode == 0, ok.stderr
+    assert isinstance(json.loads(ok.stdout.splitlines()[0])["n"], int)
     schema.write_text(json.dumps({"type": "integer", "maximum": 3}))
     bad = run("json", "x = ", "--schema", str(schema))
     assert bad.returncode == 2 and "unsupported keyword 'maximum'" in bad.stderr

@@ -16,6 +16,12 @@ after i are set to it too (committed at once, no pass spent on them) and dropped
 
 Forward passes therefore scale with the slot positions, not with the template's length: fixed
 keys, quotes and braces cost nothing but context.
+
+Correction while refining (``policy.correct``, ``sampling/correction.py``): with "remask" each step
+also re-scores the block's committed free positions and swaps the weakest for surer proposals (same
+passes); with "edit", up to ``edit_passes`` extra passes after a block is full replace committed tokens
+the model now prefers to change.  Only free positions the decoder committed are touched: never the
+prompt, a fixed part, a choice slot or an end marker.
 """
 from __future__ import annotations
 
