@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from quicksilver.eval import bench
+from quicksilver.eval import bench, bench_report
 from quicksilver.loading.checkpoint import save_pretrained
 from quicksilver.model import Transformer
 from tests.conftest import tiny_config
@@ -73,7 +73,7 @@ def test_bench_runs_end_to_end(twins, tmp_path):
     target = result["target"]
     assert target["met"] in (True, False) and target["best_any"] in systems
     assert set(target["tokens_per_forward_needed"]) == {s for s in systems if s not in bench.AR_SYSTEMS}
-    paths = bench.write_outputs(result, tmp_path, log=logged.append)
+    paths = bench_report.write_outputs(result, tmp_path, log=logged.append)
     saved = json.loads(paths["json"].read_text())
     assert saved["results"] == result["results"] and saved["machine"]["cores"] >= 1
     table = paths["table"].read_text()

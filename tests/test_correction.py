@@ -10,7 +10,7 @@ from quicksilver.control.fill import fill_diffusion
 from quicksilver.control.template import Fixed, Slot, Template, layout
 from quicksilver.sampling import DecodePolicy, GenerationError
 from quicksilver.sampling.correction import edits, reopen_budget, swap_weakest
-from quicksilver.sampling.infill import diffusion_infill
+from quicksilver.sampling import Canvas, fill
 
 torch.set_num_threads(1)
 PREFIX = "def mean(xs):\n    total = 0\n    for x in xs:\n"
@@ -62,13 +62,13 @@ def test_correction_shows_in_drafts_and_never_changes_a_fixed_token(lm, fields):
         assert result.nfe == 6  # remasking spends no extra forward pass
 
 
-def test_with_correction_off_outputs_are_those_of_the_infill_decoder(lm):
+def test_with_correction_off_outputs_are_those_of_the_block_decoder(lm):
     for prefix, suffix, budget, steps in ((PREFIX, SUFFIX, 12, 12), (PREFIX, SUFFIX, 10, 5), ("import os\n", "\n", 8, 4)):
         lay = layout(Template([Fixed(prefix), Slot(budget), Fixed(suffix)]), lm.encode, lm.mask_id)
         policy = DecodePolicy(block_length=budget, steps=steps)
         ours = fill_diffusion(lm.model, [], lay, policy)
-        theirs, _ = diffusion_infill(lm.model, [lm.encode(prefix)], [lm.encode(suffix)], budget, policy)
-        assert ours.values[0] == theirs[0]
+        theirs = fill(lm.model, [Canvas.infill(lm.encode(prefix), budget, lm.encode(suffix))], policy)
+        assert ours.values[0] == theirs.ids[0]
         off = fill_diffusion(lm.model, [], lay, DecodePolicy(block_length=budget, steps=steps, correct="remask",
                                                              remask_share=0.0))
         assert off.values == ours.values

@@ -3,7 +3,6 @@
 ``LM`` is also the ``Backend`` (``backend.py``) that the engine and the server serve."""
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -13,8 +12,10 @@ import torch
 from .chat import render_chat
 from .loading.checkpoint import load_model
 from .model import Transformer
-from .sampling import DecodePolicy, GenerationError, GenerationResult, StepEvent, generate
-from .sampling.infill import diffusion_infill
+from .sampling import Canvas, DecodePolicy, GenerationError, StepEvent, TextResult, fill, generate, resolve_policy
+from .sampling.types import GenerationResult
+from .sampling.canvas import fim_prompt
+from .sampling.policy import FAMILY_DEFAULTS
 from .tokenizer import Tokenizer
 
 
@@ -47,23 +48,14 @@ class LM:
 
     @property
     def stop_ids(self) -> list[int]:  # optional for a Backend: end of text and end of turn (LLaDA, Dream)
-        return [int(i) for i in getattr(self.model.config, "stop_ids", [self.model.config.eos_token_id])]
+        return [int(i) for i in self.model.config.stop_ids]
 
     @property
     def default_policy(self) -> DecodePolicy:
-        """What a server request gets when it names no decoding option: for a diffusion model the
-        threshold rule (commits every position the model is >= 90% sure of, at least one per step) with
-        early stop, which is several times faster than one token per step at nearly the same quality
-        (docs/benchmarks.md); greedy left-to-right decoding for the AR twin.  LLaDA and Dream get their
-        reference sampler (``sampling.presets.FAMILY_DEFAULTS``)."""
-        from .sampling.presets import FAMILY_DEFAULTS, preset_policy
-
-        family = FAMILY_DEFAULTS.get(getattr(self.model.config, "family", None))
-        if family:
-            return preset_policy(family)
-        if self.is_diffusion:
-            return DecodePolicy(block_length=32, commit="threshold", threshold=0.9, early_stop=True)
-        return DecodePolicy()
+        """What a server request gets when it names no decoding option: for a diffusion model
+        ``sampling.policy.DEFAULT_PRESET`` (the threshold rule with early stop), for LLaDA and Dream their
+        family's reference sampler (``FAMILY_DEFAULTS``); greedy left-to-right decoding for the AR twin."""
+        return resolve_policy(FAMILY_DEFAULTS.get(self.model.config.family), diffusion=self.is_diffusion)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text)
@@ -80,10 +72,8 @@ class LM:
         return render_chat(messages, self.chat_template)
 
     def generate_ids(self, prompts: list[list[int]], policy: DecodePolicy,
-                     on_step: Callable[[StepEvent], None] | None = None) -> GenerationResult:
-        result = self._decode(prompts, policy, on_step)
-        result.texts = [self.tokenizer.decode(row) for row in result.ids]
-        return result
+                     on_step: Callable[[StepEvent], None] | None = None) -> TextResult:
+        return TextResult.of(self._decode(prompts, policy, on_step), self.tokenizer.decode)
 
     def _decode(self, prompts: list[list[int]], policy: DecodePolicy,
                 on_step: Callable[[StepEvent], None] | None) -> GenerationResult:
@@ -107,29 +97,24 @@ class LM:
             filled = fill_diffusion(self.model, prompt, lay, policy, on_step)
             rows.append(filled.values[0])
             nfe += filled.nfe
-        return GenerationResult(ids=rows, texts=[], nfe=nfe, generated_tokens=sum(map(len, rows)),
+        return GenerationResult(ids=rows, nfe=nfe, generated_tokens=sum(map(len, rows)),
                                 seconds=time.perf_counter() - start,
                                 finished=[len(r) < policy.max_new_tokens for r in rows], row_forwards=nfe)
 
     def infill_ids(self, prefix: list[int], suffix: list[int], policy: DecodePolicy,
-                   on_step: Callable[[StepEvent], None] | None = None) -> GenerationResult:
-        """Diffusion: masks between prefix and suffix (``sampling.infill``).  AR twin: its
-        prefix-suffix-middle format, ``<fim_prefix> prefix <fim_suffix> suffix <fim_middle>``."""
-        import time
-
+                   on_step: Callable[[StepEvent], None] | None = None) -> TextResult:
+        """Diffusion: the canvas ``[prefix | mask * max_new_tokens | suffix]`` through the block decoder.
+        AR twin: its prefix-suffix-middle prompt (``canvas.fim_prompt``) as a completion."""
         cfg = self.model.config
         if not self.is_diffusion:
-            return self.generate_ids([[cfg.fim_prefix_id, *prefix, cfg.fim_suffix_id, *suffix, cfg.fim_middle_id]],
-                                     policy, on_step)
-        if not prefix and not suffix:
-            raise GenerationError("the prompt is empty")
-        policy.validate()
-        start = time.perf_counter()
-        fills, forwards = diffusion_infill(self.model, [prefix], [suffix], policy.max_new_tokens, policy, on_step)
-        ids = fills[0]
-        return GenerationResult(ids=[ids], texts=[self.tokenizer.decode(ids)], nfe=forwards[0],
-                                generated_tokens=len(ids), seconds=time.perf_counter() - start,
-                                finished=[len(ids) < policy.max_new_tokens], row_forwards=forwards[0])
+            return self.generate_ids([fim_prompt(prefix, suffix, cfg.fim_prefix_id, cfg.fim_suffix_id,
+                                                 cfg.fim_middle_id)], policy, on_step)
+        return self.fill_ids([Canvas.infill(prefix, policy.max_new_tokens, suffix)], policy, on_step)
+
+    def fill_ids(self, canvases: list[Canvas], policy: DecodePolicy,
+                 on_step: Callable[[StepEvent], None] | None = None) -> TextResult:
+        """Fill any canvases (``sampling.canvas``); ``result.spans`` holds each row's spans."""
+        return TextResult.of(fill(self.model, canvases, policy, on_step=on_step), self.tokenizer.decode)
 
     def decoder(self, policy: DecodePolicy):
         """Step-level batching (optional capability the engine looks for): a ``BlockDecoder`` that
@@ -147,11 +132,7 @@ class LM:
 
     # -- controllable generation (``control/``) ----------------------------------------------------
     def _policy(self, **decoding) -> DecodePolicy:
-        known = {f.name for f in dataclasses.fields(DecodePolicy)}
-        unknown = sorted(set(decoding) - known)
-        if unknown:
-            raise GenerationError(f"unknown decoding option{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}")
-        return DecodePolicy(**decoding)
+        return resolve_policy("reference", **decoding)
 
     def generate_json(self, prompt: str, schema: dict, string_tokens: int = 6, integer_tokens: int = 3,
                       on_step: Callable[[StepEvent], None] | None = None, **decoding):
@@ -205,18 +186,18 @@ class LM:
         return relay
 
     def structured_ids(self, prompt: list[int], schema, lay, policy: DecodePolicy,
-                       on_step: Callable[[StepEvent], None] | None = None) -> GenerationResult:
+                       on_step: Callable[[StepEvent], None] | None = None) -> TextResult:
         """Fill the compiled ``lay`` of ``schema`` after ``prompt``; ``texts[0]`` is validated JSON."""
         from .control.structured import generate_structured
 
         result = generate_structured(self.model, self.tokenizer, prompt, schema, policy, lay=lay,
                                      on_step=self._region_events(lay, on_step))
         ids = self.encode(result.text)
-        return GenerationResult(ids=[ids], texts=[result.text], nfe=result.nfe, generated_tokens=result.tokens,
+        return TextResult(ids=[ids], texts=[result.text], nfe=result.nfe, generated_tokens=result.tokens,
                                 seconds=result.seconds, finished=[True], row_forwards=result.nfe)
 
     def tool_call_ids(self, prompt: list[int], tools, policy: DecodePolicy,
-                      on_step: Callable[[StepEvent], None] | None = None) -> GenerationResult:
+                      on_step: Callable[[StepEvent], None] | None = None) -> TextResult:
         """A tool call: ``tools`` is a list of (name, parameters schema, compiled layout).  With several
         tools the model first chooses the name (an enum slot after ``{"name": ``), then fills that
         tool's arguments after ``{"name": "...", "arguments": ``.  ``texts[0]`` is that JSON object."""
@@ -236,12 +217,12 @@ class LM:
         args = generate_structured(self.model, self.tokenizer, head, schema, policy, lay=lay,
                                    on_step=self._region_events(lay, on_step))
         text = json.dumps({"name": name, "arguments": args.value}, ensure_ascii=False)
-        return GenerationResult(ids=[self.encode(text)], texts=[text], nfe=nfe + args.nfe,
+        return TextResult(ids=[self.encode(text)], texts=[text], nfe=nfe + args.nfe,
                                 generated_tokens=args.tokens, seconds=seconds + args.seconds, finished=[True],
                                 row_forwards=nfe + args.nfe)
 
     def edit_ids(self, prompt: list[int], text: str, spans, policy: DecodePolicy,
-                 on_step: Callable[[StepEvent], None] | None = None) -> GenerationResult:
+                 on_step: Callable[[StepEvent], None] | None = None) -> TextResult:
         """Regenerate ``spans`` of ``text`` (checked by ``control.edit.check_spans``) after ``prompt``;
         ``texts[0]`` is the whole edited text."""
         from .control.edit import edit_ids, edit_template
@@ -254,30 +235,24 @@ class LM:
             relay = None  # the AR twin fills span by span through FIM: no whole-text drafts
         result = edit_ids(self.model, self.tokenizer, text, spans, policy, prompt, relay)
         ids = self.encode(result.text)
-        return GenerationResult(ids=[ids], texts=[result.text], nfe=result.nfe, generated_tokens=len(ids),
+        return TextResult(ids=[ids], texts=[result.text], nfe=result.nfe, generated_tokens=len(ids),
                                 seconds=result.seconds, finished=[True], row_forwards=result.nfe)
 
     def generate(self, prompt: str | list[str], max_new_tokens: int = 128, steps: int | None = None,
                  block_length: int = 32, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                  seed: int | None = None, stop_at_eos: bool = True,
-                 on_step: Callable[[StepEvent], None] | None = None, **decoding) -> GenerationResult:
+                 on_step: Callable[[StepEvent], None] | None = None, **decoding) -> TextResult:
         """Complete one prompt (or a list of prompts, decoded as one batch).
 
         ``decoding`` takes any other ``DecodePolicy`` field, e.g. ``commit="threshold"``,
         ``threshold=0.9``, ``cache="dual"``.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        known = {f.name for f in dataclasses.fields(DecodePolicy)}
-        unknown = sorted(set(decoding) - known)
-        if unknown:
-            raise GenerationError(f"unknown decoding option{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}")
-        policy = DecodePolicy(max_new_tokens=max_new_tokens, block_length=block_length, steps=steps,
-                              temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                              stop_at_eos=stop_at_eos, **decoding)
+        policy = resolve_policy("reference", max_new_tokens=max_new_tokens, block_length=block_length, steps=steps,
+                                temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                                stop_at_eos=stop_at_eos, **decoding)
         ids = [self.encode_prompt(p) for p in prompts]
-        result = self._decode(ids, policy, on_step)
-        result.texts = [self.tokenizer.decode(row) for row in result.ids]
-        return result
+        return TextResult.of(self._decode(ids, policy, on_step), self.tokenizer.decode)
 
 
 def load(name_or_path: str | os.PathLike = "coder-tiny", device: str | None = None,

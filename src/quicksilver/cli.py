@@ -73,14 +73,17 @@ def generate(
                               help="Bundled model name, checkpoint folder (Quicksilver, LLaDA, Dream, DiffusionGemma) "
                                    "or Hugging Face Hub id."),
     max_new_tokens: Optional[int] = typer.Option(None, help="Most tokens to generate (default 128, or the preset's)."),
-    steps: Optional[int] = typer.Option(None, help="Diffusion forward passes in all (default: one per token)."),
+    steps: Optional[int] = typer.Option(None, help="Diffusion forward passes in all (default: one per token); "
+                                                   "given alone it selects the fixed rule."),
     block_length: Optional[int] = typer.Option(None, help="Diffusion block length: positions decoded together "
                                                           "(default 32, or the preset's)."),
     temperature: Optional[float] = typer.Option(None, help="0 is greedy (default 0, or the preset's)."),
+    top_k: Optional[int] = typer.Option(None, help="Sample among the k most likely tokens (default 0: off)."),
     top_p: Optional[float] = typer.Option(None, help="Nucleus sampling threshold (default 1)."),
     seed: Optional[int] = typer.Option(None, help="Random seed for sampling at temperature > 0."),
-    preset: Optional[str] = typer.Option(None, help="A family's reference sampler: llada, llada-pure, dream-entropy, "
-                                                    "dream-margin, dream-maskgit-plus (default: the model's own)."),
+    preset: Optional[str] = typer.Option(None, help="A preset or setting name: quicksilver, reference, llada, "
+                                                    "llada-pure, dream-entropy, dream-margin, dream-maskgit-plus, or "
+                                                    "e.g. dual-inc+thr0.7 (docs/serving.md; default: the model's own)."),
     commit: Optional[str] = typer.Option(None, help="Diffusion commit rule: fixed (the reference schedule), threshold, "
                                          "factor or entropy (commit as many positions per step as the model is sure of)."),
     threshold: Optional[float] = typer.Option(None, help="--commit threshold: commit every position scored above this "
@@ -89,8 +92,13 @@ def generate(
     entropy_bound: Optional[float] = typer.Option(None, help="--commit entropy: summed entropy (nats) per step "
                                                              "(default 0.5)."),
     score: Optional[str] = typer.Option(None, help="How positions are ranked: probability, margin or entropy."),
+    schedule: Optional[str] = typer.Option(None, help="How the fixed rule shares a block out over its steps: "
+                                                      "linear (LLaDA) or dream."),
+    score_tempered: Optional[bool] = typer.Option(None, "--score-tempered/--no-score-tempered",
+                                                  help="Rank positions on the tempered distribution (Dream)."),
     cache: Optional[str] = typer.Option(None, help="Diffusion KV cache: none, prefix or dual."),
     refresh: Optional[str] = typer.Option(None, help="How a cached block starts: full or incremental."),
+    window: Optional[int] = typer.Option(None, help="Masked positions after the block the model sees (default: all)."),
     early_stop: Optional[bool] = typer.Option(None, "--early-stop/--no-early-stop",
                                               help="Stop as soon as end of text is final (no pass on trailing padding)."),
     correct: Optional[str] = typer.Option(None, help="Correction while refining (diffusion): none, remask, edit or "
@@ -99,6 +107,9 @@ def generate(
                                                             "one step may reopen (default 0.25)."),
     edit_threshold: Optional[float] = typer.Option(None, help="--correct edit: replace a committed token when the "
                                                               "model's best token differs with this probability (0.9)."),
+    edit_passes: Optional[int] = typer.Option(None, help="--correct edit: most extra forward passes per block (2)."),
+    stop_at_eos: Optional[bool] = typer.Option(None, "--stop-at-eos/--no-stop-at-eos",
+                                               help="End at end of text (default on)."),
     chat: bool = typer.Option(False, "--chat", help="Send PROMPT as a user message through the model's chat template."),
     live: bool = typer.Option(True, "--live/--no-live", help="Show the canvas being refined."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
@@ -108,29 +119,24 @@ def generate(
     Options left out come from --preset, else from the model's default decoding (for LLaDA and Dream
     their reference sampler; for Quicksilver's diffusion models the threshold rule at 0.9 with early stop,
     as the server uses; --steps alone selects the fixed schedule)."""
-    import dataclasses
-
     from .api import load_backend
     from .live import CanvasView
-    from .sampling import DecodePolicy, preset_policy
+    from .sampling import DecodePolicy, resolve_policy
 
     if max_new_tokens is not None and max_new_tokens <= 0:
         raise UserError("--max-new-tokens must be a positive integer")
     if not prompt.strip():
         raise UserError("the prompt is empty")
     options = dict(max_new_tokens=max_new_tokens, steps=steps, block_length=block_length, temperature=temperature,
-                   top_p=top_p, seed=seed, commit=commit, threshold=threshold, factor=factor,
-                   entropy_bound=entropy_bound, score=score, cache=cache, refresh=refresh, early_stop=early_stop,
-                   correct=correct, remask_share=remask_share, edit_threshold=edit_threshold)
-    given = {k: v for k, v in options.items() if v is not None}
+                   top_k=top_k, top_p=top_p, seed=seed, commit=commit, threshold=threshold, factor=factor,
+                   entropy_bound=entropy_bound, score=score, schedule=schedule, score_tempered=score_tempered,
+                   cache=cache, refresh=refresh, window=window, early_stop=early_stop, stop_at_eos=stop_at_eos,
+                   correct=correct, remask_share=remask_share, edit_threshold=edit_threshold,
+                   edit_passes=edit_passes)
     # Check the decoding options before anything is loaded or drawn, so a bad option prints only its error.
-    (preset_policy(preset, **given) if preset is not None else dataclasses.replace(DecodePolicy(), **given)).validate()
+    resolve_policy(preset, base=None if preset else DecodePolicy(), **options)
     lm = load_backend(model, device=device)
-    base = preset_policy(preset) if preset is not None else lm.default_policy
-    if steps is not None and commit is None and base.commit in ("threshold", "factor"):
-        given["commit"] = "fixed"  # these rules ignore a step count; asking for one means the fixed schedule
-    policy = preset_policy(preset, **given) if preset is not None else dataclasses.replace(base, **given)
-    policy.validate()
+    policy = resolve_policy(preset, base=None if preset else lm.default_policy, diffusion=lm.is_diffusion, **options)
     text = lm.render_chat([{"role": "user", "content": prompt}]) if chat else prompt
     ids = [lm.encode(text)]
     view = CanvasView(lm.tokenizer, prompt, console) if live else None
@@ -418,8 +424,8 @@ def bench(
     import json
     import os
 
-    from .eval.bench import (AR_SYSTEMS, DIFFUSION_SETTINGS, BenchConfig, markdown_table, run_benchmark, target_lines,
-                        write_outputs)
+    from .eval.bench import AR_SYSTEMS, DIFFUSION_SETTINGS, BenchConfig, run_benchmark
+    from .eval.bench_report import markdown_table, target_lines, write_outputs
 
     known = set(DIFFUSION_SETTINGS) | set(AR_SYSTEMS)
     for name in system:

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .backend import Backend
+from .sampling.canvas import Canvas, fixed_length
 from .sampling.types import DecodePolicy, GenerationError, StepEvent
 
 
@@ -310,7 +311,7 @@ class Engine:
         policy.validate()
         if not 1 <= request.n <= self.config.max_n:
             raise GenerationError(f"n must be between 1 and {self.config.max_n}")
-        need = len(request.prompt) + len(request.suffix or []) + policy.max_new_tokens + (3 if request.suffix is not None else 0)
+        need = fixed_length(request.prompt, request.suffix) + policy.max_new_tokens
         if need > self.backend.context_length:
             raise GenerationError(
                 f"this model's maximum context length is {self.backend.context_length} tokens; the prompt has "
@@ -383,7 +384,7 @@ class Engine:
     def _route(self, request: Request) -> None:
         if request.cancelled:
             return self._close(request, "cancelled")
-        if self.batched and request.suffix is None and request.run is None:
+        if self.batched and request.run is None:
             key = cohort_key(request.policy, request.id)
             cohort = self._cohorts.get(key)
             if cohort is None:
@@ -434,7 +435,10 @@ class Engine:
     def _admit(self, request: Request, decoder) -> None:
         request.started = time.monotonic()
         try:
-            handles = decoder.admit([request.prompt] * request.n, request.policy.max_new_tokens)
+            budget = request.policy.max_new_tokens
+            canvas = Canvas.completion(request.prompt, budget) if request.suffix is None else \
+                Canvas.infill(request.prompt, budget, request.suffix)
+            handles = decoder.admit_canvases([canvas] * request.n)
         except GenerationError as e:  # submit checks the context, so only a backend's own limit lands here
             request.sink(Failed(str(e)))
             return self._close(request, "error")

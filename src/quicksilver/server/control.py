@@ -7,7 +7,6 @@ the edits are the backend's (``api.LM.compile_schema`` / ``structured_ids`` / ``
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import uuid
 
@@ -37,26 +36,42 @@ def _capable(backend, method: str, what: str) -> None:
 
 
 def _policy(body, backend, length: int, block_length: int | None = None):
-    """The model's default decoding with the request's sampling fields and diffusion knobs over it."""
+    """The model's default decoding (or the named preset) with the request's fields over it, as for
+    a completion (``app._job``); ``block_length`` is the default block when the request names none."""
+    from ..sampling.policy import resolve_policy
+    from .schemas import POLICY_FIELDS
+
     if body.n != 1:
         raise APIError(400, "n must be 1 with response_format, tools or edits", "n")
     if body.stop:
         raise APIError(400, "stop cannot be combined with response_format, tools or edits", "stop")
-    policy = dataclasses.replace(backend.default_policy, max_new_tokens=max(1, length), temperature=body.temperature,
-                                 top_p=body.top_p, seed=body.seed)
-    if backend.is_diffusion:
-        if body.steps is not None:
-            policy.steps, policy.commit = body.steps, body.commit or "fixed"
-        elif body.commit is not None:
-            policy.commit = body.commit
-        if body.threshold is not None:
-            policy.threshold = body.threshold
-        policy.block_length = body.block_length or block_length or policy.block_length
+    given = {name: getattr(body, name) for name in POLICY_FIELDS}
+    if given.get("block_length") is None and block_length is not None and backend.is_diffusion:
+        given["block_length"] = block_length
+    sampling = {} if body.preset is not None else dict(temperature=0.0, top_p=1.0)
+    for name in ("temperature", "top_p"):
+        if getattr(body, name) is not None:
+            sampling[name] = getattr(body, name)
     try:
-        policy.validate()
+        return resolve_policy(body.preset, base=backend.default_policy if body.preset is None else None,
+                              diffusion=backend.is_diffusion, max_new_tokens=max(1, length), seed=body.seed,
+                              **sampling, **given)
     except GenerationError as e:
         raise APIError(400, str(e)) from None
-    return policy
+
+
+def corrected_job(body, ids: list[int], suffix, job: EngineRequest, backend) -> EngineRequest:
+    """A completion whose policy corrects while refining runs as one backend job (``generate_ids``
+    through the canvas filler): its text before the first mask is not final, so it cannot stream."""
+    if job.policy.correct == "none" or not backend.is_diffusion:
+        return job
+    if body.stream:
+        raise APIError(400, "correct cannot be combined with stream (corrected text is not append-only); "
+                            "call without stream", "correct")
+    if suffix is not None or job.n != 1:
+        raise APIError(400, "correct needs n = 1 and no suffix", "correct")
+    job.run = lambda p, on_step: backend.generate_ids([ids], p, on_step)
+    return job
 
 
 async def _compile(backend, schema, param: str):

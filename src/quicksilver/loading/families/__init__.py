@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import CheckpointError
+from ..layout import CheckpointError
 from ...config import read_json_object
 from ...model import Transformer
 from ...tokenizer import ExternalTokenizer, TokenizerError

@@ -8,7 +8,7 @@ position j from position j - 1.
 """
 from __future__ import annotations
 
-from ..checkpoint import CheckpointError
+from ..layout import CheckpointError
 from ...config import ModelConfig
 
 MODEL_TYPE = "dream"

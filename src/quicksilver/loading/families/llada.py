@@ -9,7 +9,7 @@ position i predicts token i.
 """
 from __future__ import annotations
 
-from ..checkpoint import CheckpointError
+from ..layout import CheckpointError
 from ...config import ModelConfig
 
 MODEL_TYPE = "llada"
