@@ -83,3 +83,49 @@ def test_generate_with_correction_streams_corrections_and_keeps_the_prompt(lm):
     plain = lm.generate("def mean(xs):\n", max_new_tokens=16, steps=8, block_length=16)
     assert plain.text == lm.generate("def mean(xs):\n", max_new_tokens=16, steps=8, block_length=16,
                                      correct="none").text
+
+
+@pytest.mark.parametrize("cache", ["none", "dual"])
+def test_block_decoder_correction_keeps_fixed_tokens_and_off_changes_nothing(lm, cache):
+    prefix, suffix = lm.encode(PREFIX), lm.encode(SUFFIX)
+    base = dict(max_new_tokens=16, block_length=8, steps=8, cache=cache)
+    plain = fill(lm.model, [Canvas.infill(prefix, 16, suffix)], DecodePolicy(**base))
+    off = fill(lm.model, [Canvas.infill(prefix, 16, suffix)], DecodePolicy(**base, correct="remask", remask_share=0.0))
+    assert off.ids == plain.ids and off.nfe == plain.nfe
+    frames = []
+    on = fill(lm.model, [Canvas.infill(prefix, 16, suffix)],
+              DecodePolicy(**base, correct="both", remask_share=1.0, edit_threshold=0.05, edit_passes=2),
+              on_step=lambda e: frames.append(e))
+    assert on.nfe > plain.nfe  # the editing passes (remasking alone spends none)
+    changed = False
+    for a, b in zip(frames, frames[1:]):
+        x, y = a.canvas[0].tolist(), b.canvas[0].tolist()
+        changed |= any(u != lm.mask_id and v != u for u, v in zip(x, y))
+    assert changed
+    remask = fill(lm.model, [Canvas.infill(prefix, 16, suffix)],
+                  DecodePolicy(**base, correct="remask", remask_share=1.0))
+    assert remask.nfe == plain.nfe
+
+
+def test_block_decoder_correction_never_changes_a_fixed_token_between_spans(lm):
+    from quicksilver.sampling import Span
+    from quicksilver.sampling.diffusion import BlockDecoder
+
+    canvas = Canvas.of(lm.encode("def f(a, b):\n    c = "), Span(6), lm.encode("\n    return "), Span(5),
+                       lm.encode("\n\n\nprint(f(1, 2))\n"))
+    decoder = BlockDecoder(lm.model, DecodePolicy(max_new_tokens=11, block_length=8, steps=6, correct="both",
+                                                  remask_share=1.0, edit_threshold=0.05, temperature=0.9, seed=1))
+    (handle,) = decoder.admit_canvases([canvas])
+    row = decoder.book.row_of[handle]
+    fixed = (decoder.book.span[row] < 0).clone()
+    before = decoder.book.canvas[row][fixed].clone()
+    edited = False
+    while decoder.active:
+        previous = decoder.book.canvas[row].clone()
+        decoder.step()
+        now = decoder.book.canvas[row]
+        assert torch.equal(now[fixed], before)
+        edited |= bool(((previous != now) & (previous != lm.mask_id) & (now != lm.mask_id)).any())
+    assert edited, "token editing replaced nothing; the test would prove nothing"
+    spans = decoder.span_ids(handle)
+    assert len(spans) == 2

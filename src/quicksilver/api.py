@@ -13,7 +13,6 @@ from .chat import render_chat
 from .loading.checkpoint import load_model
 from .model import Transformer
 from .sampling import Canvas, DecodePolicy, GenerationError, StepEvent, TextResult, fill, generate, resolve_policy
-from .sampling.types import GenerationResult
 from .sampling.canvas import fim_prompt
 from .sampling.policy import FAMILY_DEFAULTS
 from .tokenizer import Tokenizer
@@ -73,33 +72,7 @@ class LM:
 
     def generate_ids(self, prompts: list[list[int]], policy: DecodePolicy,
                      on_step: Callable[[StepEvent], None] | None = None) -> TextResult:
-        return TextResult.of(self._decode(prompts, policy, on_step), self.tokenizer.decode)
-
-    def _decode(self, prompts: list[list[int]], policy: DecodePolicy,
-                on_step: Callable[[StepEvent], None] | None) -> GenerationResult:
-        """``sampling.generate``; a diffusion policy with correction while refining goes through the
-        canvas filler (``control.fill``), one row at a time: [prompt | one span of max_new_tokens]."""
-        if policy.correct == "none" or not self.is_diffusion:
-            return generate(self.model, prompts, policy, on_step=on_step)
-        import time
-
-        from .control.fill import fill_diffusion
-        from .control.template import Slot, Template, layout
-
-        policy.validate()
-        start = time.perf_counter()
-        rows, nfe = [], 0
-        for prompt in prompts:
-            if not prompt:
-                raise GenerationError("the prompt is empty")
-            lay = layout(Template([Slot(policy.max_new_tokens, may_end=policy.stop_at_eos)]), self.encode,
-                         self.mask_id)
-            filled = fill_diffusion(self.model, prompt, lay, policy, on_step)
-            rows.append(filled.values[0])
-            nfe += filled.nfe
-        return GenerationResult(ids=rows, nfe=nfe, generated_tokens=sum(map(len, rows)),
-                                seconds=time.perf_counter() - start,
-                                finished=[len(r) < policy.max_new_tokens for r in rows], row_forwards=nfe)
+        return TextResult.of(generate(self.model, prompts, policy, on_step=on_step), self.tokenizer.decode)
 
     def infill_ids(self, prefix: list[int], suffix: list[int], policy: DecodePolicy,
                    on_step: Callable[[StepEvent], None] | None = None) -> TextResult:
@@ -252,7 +225,7 @@ class LM:
                                 temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                                 stop_at_eos=stop_at_eos, **decoding)
         ids = [self.encode_prompt(p) for p in prompts]
-        return TextResult.of(self._decode(ids, policy, on_step), self.tokenizer.decode)
+        return TextResult.of(generate(self.model, ids, policy, on_step=on_step), self.tokenizer.decode)
 
 
 def load(name_or_path: str | os.PathLike = "coder-tiny", device: str | None = None,
