@@ -127,12 +127,12 @@ class LM:
         ``<|mask|>`` / ``<|mask:N|>`` placeholders, leaving every other byte unchanged; all spans are
         filled by one decode.  ``instruction`` goes before the text through the chat template.
         Returns ``control.edit.EditResult`` (``.text``, ``.fills``, ``.nfe``)."""
-        from .control.edit import check_spans, edit_ids, parse_placeholders
+        from .control.edit import check_spans, edit_ids, joint_block, parse_placeholders
 
         if spans is None:
             text, spans = parse_placeholders(text)
         spans = check_spans(text, spans)
-        decoding.setdefault("block_length", max(1, sum(b for _, _, b in spans)))  # all spans jointly
+        decoding.setdefault("block_length", joint_block(text, spans, self.encode))  # all spans jointly
         policy = self._policy(**decoding)
         prompt = self.encode(self.render_chat([{"role": "user", "content": instruction}])) if instruction else None
         return edit_ids(self.model, self.tokenizer, text, spans, policy, prompt, on_step)
@@ -198,15 +198,11 @@ class LM:
                  on_step: Callable[[StepEvent], None] | None = None) -> TextResult:
         """Regenerate ``spans`` of ``text`` (checked by ``control.edit.check_spans``) after ``prompt``;
         ``texts[0]`` is the whole edited text."""
-        from .control.edit import edit_ids, edit_template
-        from .control.template import layout
+        from .control.edit import edit_ids
 
-        relay = on_step
-        if self.is_diffusion and on_step is not None:
-            relay = self._region_events(layout(edit_template(text, spans), self.encode, self.mask_id), on_step)
-        elif on_step is not None:
-            relay = None  # the AR twin fills span by span through FIM: no whole-text drafts
-        result = edit_ids(self.model, self.tokenizer, text, spans, policy, prompt, relay)
+        # The AR twin fills span by span through FIM: no whole-text drafts, so no on_step for it.
+        relay = on_step if self.is_diffusion else None
+        result = edit_ids(self.model, self.tokenizer, text, spans, policy, prompt, relay, whole_text_drafts=True)
         ids = self.encode(result.text)
         return TextResult(ids=[ids], texts=[result.text], nfe=result.nfe, generated_tokens=len(ids),
                                 seconds=result.seconds, finished=[True], row_forwards=result.nfe)

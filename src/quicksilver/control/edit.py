@@ -6,8 +6,9 @@ trailing positions are dropped).  Placeholders ``<|mask|>`` (``DEFAULT_BUDGET`` 
 ``<|mask:N|>`` in the text mark empty spans to fill.  Lines: ``line_spans`` turns 1-based inclusive
 line ranges into character spans (the CLI's ``--span L1:L2``).
 
-Diffusion: the canvas is ``[instruction prompt | text with masked spans]`` and every span is decoded
-jointly (one block over all span positions by default), seeing the text on both sides.  AR twin:
+Diffusion: the canvas (``sampling.canvas.Canvas``) is ``[instruction prompt | text with masked
+spans]``, filled by the block decoder (``sampling.fill``); every span is decoded jointly (one block
+over all span columns by default, ``joint_block``), seeing the text on both sides.  AR twin:
 spans are filled one at a time, left to right, through its fill-in-the-middle format (the prefix is
 the text edited so far, the suffix the original text after the span).  Either way the output is
 assembled from the original text outside the spans, so every unselected byte is unchanged.
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..sampling.types import DecodePolicy, GenerationError, StepEvent
-from .template import Fixed, Slot, Template, layout
+import torch
 
 DEFAULT_BUDGET = 16
 MAX_SPANS = 64
@@ -97,37 +98,69 @@ def check_spans(text: str, spans) -> list[tuple[int, int, int]]:
     return clean
 
 
-def edit_template(text: str, spans: list[tuple[int, int, int]]) -> Template:
-    template, last = Template(), 0
-    for start, end, budget in spans:
-        template.add(Fixed(text[last:start]))
-        template.add(Slot(budget, kind="text"))
+def _pieces(text: str, spans) -> list[str]:
+    """The fixed text around the spans: len(spans) + 1 pieces."""
+    out, last = [], 0
+    for start, end, _ in spans:
+        out.append(text[last:start])
         last = end
-    template.add(Fixed(text[last:]))
-    return template
+    out.append(text[last:])
+    return out
+
+
+def joint_block(text: str, spans, encode) -> int:
+    """Canvas columns from the first span to the end of the last: a block that decodes all spans jointly."""
+    inner = _pieces(text, spans)[1:-1]
+    return sum(b for _, _, b in spans) + sum(len(encode(p)) for p in inner)
+
+
+def span_display(fixed: list[list[int]], budgets: list[int], region: list[int], stops) -> list[int]:
+    """The whole text as ids from a draft of the spans (``region``: their positions, left to right):
+    fixed ids between them, each span cut at its first stop id, masks kept."""
+    out, at = list(fixed[0]), 0
+    for budget, after in zip(budgets, fixed[1:]):
+        chunk = region[at:at + budget]
+        cut = next((j for j, t in enumerate(chunk) if t in stops), None)
+        out += chunk if cut is None else chunk[:cut]
+        out += after
+        at += budget
+    return out
 
 
 def edit_ids(model, tokenizer, text: str, spans: list[tuple[int, int, int]], policy: DecodePolicy,
-             prompt: list[int] | None = None, on_step: Callable[[StepEvent], None] | None = None) -> EditResult:
-    """Fill ``spans`` of ``text`` (already checked) after an optional ``prompt`` (an instruction)."""
+             prompt: list[int] | None = None, on_step: Callable[[StepEvent], None] | None = None,
+             whole_text_drafts: bool = False) -> EditResult:
+    """Fill ``spans`` of ``text`` (already checked) after an optional ``prompt`` (an instruction).
+    With ``whole_text_drafts`` the ``on_step`` events hold the whole text's ids (masks where still
+    open) instead of the span positions alone."""
     start_time = time.perf_counter()
     cfg = model.config
     if not cfg.causal:
-        from .fill import fill_diffusion
+        from ..sampling import Canvas, Span, fill
 
-        lay = layout(edit_template(text, spans), tokenizer.encode, cfg.mask_token_id)
-        result = fill_diffusion(model, list(prompt or []), lay, policy, on_step)
-        fills = [tokenizer.decode(v) for v in result.values]
-        counts = [len(v) for v in result.values]
+        pieces = [tokenizer.encode(p) for p in _pieces(text, spans)]
+        parts: list = [list(prompt or []) + pieces[0]]
+        for (_, _, budget), piece in zip(spans, pieces[1:]):
+            parts += [Span(budget), piece]
+        relay = on_step
+        if on_step is not None and whole_text_drafts:
+            stops = set(getattr(cfg, "stop_ids", [cfg.eos_token_id]))
+            budgets = [b for _, _, b in spans]
+
+            def relay(event: StepEvent) -> None:
+                ids = span_display(pieces, budgets, event.canvas[0].tolist(), stops)
+                on_step(StepEvent(event.step, event.block, torch.tensor([ids]),
+                                  torch.zeros(1, len(ids), dtype=torch.bool), event.mask_id))
+        result = fill(model, [Canvas.of(*parts)], policy, on_step=relay)
+        values = result.spans[0]
+        fills = [tokenizer.decode(v) for v in values]
+        counts = [len(v) for v in values]
         nfe = result.nfe
     else:
         fills, counts, nfe = _edit_ar(model, tokenizer, text, spans, policy, prompt or [], on_step)
-    out, last = [], 0
-    for (start, end, _), fill in zip(spans, fills):
-        out.append(text[last:start])
-        out.append(fill)
-        last = end
-    out.append(text[last:])
+    out = []
+    for piece, fill_text in zip(_pieces(text, spans), fills + [""]):
+        out += [piece, fill_text]
     return EditResult("".join(out), fills, spans, nfe, time.perf_counter() - start_time, counts)
 
 
@@ -153,5 +186,4 @@ def _edit_ar(model, tokenizer, text, spans, policy, prompt, on_step) -> tuple[li
     return fills, counts, nfe
 
 
-__all__ = ["EditResult", "SpanError", "parse_placeholders", "line_spans", "check_spans", "edit_template",
-           "edit_ids", "DEFAULT_BUDGET"]
+__all__ = ["EditResult", "SpanError", "parse_placeholders", "line_spans", "check_spans", "edit_ids", "joint_block", "span_display", "DEFAULT_BUDGET"]

@@ -10,7 +10,7 @@ import asyncio
 import json
 import uuid
 
-from ..control.edit import SpanError, check_spans, parse_placeholders
+from ..control.edit import SpanError, check_spans, joint_block, parse_placeholders
 from ..control.schema import JSON_OBJECT_SCHEMA, SchemaError
 from ..engine import Request as EngineRequest
 from ..sampling.types import GenerationError
@@ -180,7 +180,8 @@ def edit_job(body, backend) -> EngineRequest:
             raise APIError(400, str(e), "instruction") from None
     budget = sum(b for _, _, b in spans)
     _fits(backend, len(prompt), len(backend.encode(text)) + budget, "input")
-    policy = _policy(body, backend, len(backend.encode(text)) + budget, block_length=budget)
+    policy = _policy(body, backend, len(backend.encode(text)) + budget,
+                     block_length=joint_block(text, spans, backend.encode))
     return EngineRequest(prompt, policy, drafts=bool(body.diffusing and body.stream and backend.is_diffusion),
                          run=lambda p, on_step: backend.edit_ids(prompt, text, spans, p, on_step))
 
