@@ -1,8 +1,9 @@
 """Controllable generation, measured side by side in one run (docs/control.md):
 
-1. correction while refining at equal forward passes: HumanEval single-line infilling (exact match and
-   the share of infilled programs that parse), and generative perplexity of completions under the AR
-   twin — without correction, with remasking, with token-to-token editing, with both;
+1. correction while refining at equal forward passes, in the block decoder (``sampling.fill``, the
+   tasks as one batch): HumanEval single-line infilling (exact match and the share of infilled
+   programs that parse), and generative perplexity of completions under the AR twin — without
+   correction, with remasking, with token-to-token editing, with both;
 2. structured output over the 50 sample schemas: validity and tokens/s of template filling (diffusion),
    constrained decoding of the twin from the same template, and unconstrained generation of both.
 
@@ -20,14 +21,12 @@ from pathlib import Path
 import torch
 
 from quicksilver import load
-from quicksilver.control.fill import fill_diffusion
 from quicksilver.control.samples import sample_schemas
 from quicksilver.control.schema import validate_output
 from quicksilver.control.structured import compile_layout
-from quicksilver.control.template import Fixed, Slot, Template, layout
 from quicksilver.eval.humaneval import load_problems
 from quicksilver.eval.infill import boundary, build_tasks, select, trim_fill
-from quicksilver.sampling import DecodePolicy
+from quicksilver.sampling import Canvas, DecodePolicy, Span, fill
 
 BUDGET = 24  # single-line infill budget (the evaluation's default)
 GEN = 32  # completion length for generative perplexity
@@ -43,37 +42,37 @@ SETTINGS = [  # (label, policy fields); every row spends at most the same forwar
 
 
 def infill_run(lm, tasks, fields) -> dict:
-    exact, parses, passes = 0, 0, []
-    for task in tasks:
-        prefix, suffix = boundary(task)
-        lay = layout(Template([Fixed(prefix), Slot(BUDGET, kind="text"), Fixed(suffix)]), lm.encode, lm.mask_id)
-        result = fill_diffusion(lm.model, [], lay, DecodePolicy(block_length=BUDGET, **fields))
-        fill = trim_fill(lm.decode(result.values[0]), suffix, "single-line")
-        exact += fill.strip() == task.middle.strip()
+    """All tasks as one batch of canvases [prefix | 24 masks | suffix] through the block decoder."""
+    shown = [boundary(t) for t in tasks]
+    canvases = [Canvas.infill(lm.encode(p), BUDGET, lm.encode(s)) for p, s in shown]
+    result = fill(lm.model, canvases, DecodePolicy(max_new_tokens=BUDGET, block_length=BUDGET, **fields))
+    exact = parses = 0
+    for task, (prefix, suffix), ids in zip(tasks, shown, result.ids):
+        middle = trim_fill(lm.decode(ids), suffix, "single-line")
+        exact += middle.strip() == task.middle.strip()
         try:
-            ast.parse(prefix + fill + suffix)
+            ast.parse(prefix + middle + suffix)
             parses += 1
         except SyntaxError:
             pass
-        passes.append(result.nfe)
     n = len(tasks)
-    return {"exact_match": exact / n, "parse_rate": parses / n, "mean_passes": statistics.mean(passes)}
+    return {"exact_match": exact / n, "parse_rate": parses / n, "mean_passes": statistics.mean(result.forwards)}
 
 
 @torch.no_grad()
 def gen_ppl(lm, twin, prompts, fields) -> dict:
-    nll, count, passes = 0.0, 0, []
-    for prompt in prompts:
-        ids = lm.encode(prompt)
-        lay = layout(Template([Slot(GEN, may_end=False, kind="text")]), lm.encode, lm.mask_id)
-        result = fill_diffusion(lm.model, ids, lay, DecodePolicy(block_length=GEN, **{**fields, "steps": fields["steps"] * GEN // BUDGET}))
-        gen = result.values[0]
-        x = torch.tensor([ids + gen])
-        logp = twin.model(x).float().log_softmax(-1)[0, len(ids) - 1:-1]
+    """Completions of GEN tokens (one block) as one batch; their NLL under the AR twin."""
+    steps = fields["steps"] * GEN // BUDGET
+    ids = [lm.encode(p) for p in prompts]
+    result = fill(lm.model, [Canvas.of(p, Span(GEN, may_end_early=False)) for p in ids],
+                  DecodePolicy(max_new_tokens=GEN, block_length=GEN, **{**fields, "steps": steps}))
+    nll, count = 0.0, 0
+    for prompt, gen in zip(ids, result.ids):
+        x = torch.tensor([prompt + gen])
+        logp = twin.model(x).float().log_softmax(-1)[0, len(prompt) - 1:-1]
         nll -= float(logp.gather(-1, torch.tensor(gen)[:, None]).sum())
         count += len(gen)
-        passes.append(result.nfe)
-    return {"gen_ppl": float(torch.tensor(nll / count).exp()), "mean_passes": statistics.mean(passes)}
+    return {"gen_ppl": float(torch.tensor(nll / count).exp()), "mean_passes": statistics.mean(result.forwards)}
 
 
 def structured_run(lm, schemas, constrained: bool) -> dict:
