@@ -122,3 +122,35 @@ def test_edits_keep_every_unselected_byte(server):
 def test_bad_spans_get_a_400(server, spans, words):
     r = httpx.post(f"{server}/v1/edits", json={"input": "hello world", "spans": spans}, timeout=60)
     assert r.status_code == 400 and words in r.json()["error"]["message"], r.text
+
+
+def test_streamed_edit_sends_drafts_and_deltas_that_add_up(server):
+    text = "def add(a, b):\n    return a + b\n\n\nprint(add(1, 2))\n"
+    body = {"input": text, "spans": [{"start": 19, "end": 31, "max_tokens": 6}], "stream": True, "diffusing": True}
+    with httpx.stream("POST", f"{server}/v1/edits", json=body, timeout=120) as r:
+        assert r.status_code == 200
+        frames = [f[6:] for f in "".join(r.iter_text()).split("\n\n") if f.startswith("data: ")]
+    assert frames[-1] == "[DONE]"
+    chunks = [json.loads(f) for f in frames[:-1]]
+    streamed = "".join(c["choices"][0]["text"] for c in chunks if c.get("choices"))
+    assert streamed.startswith(text[:19]) and streamed.endswith(text[31:])
+    drafts = [c["draft"] for c in chunks if "draft" in c]
+    has_drafts = bool(drafts)
+    if has_drafts:
+        assert any(None in d["tokens"] for d in drafts)  # a draft with the span still masked
+        assert "".join(t for t in drafts[0]["tokens"] if t).startswith("def add(a, b):")
+    final = httpx.post(f"{server}/v1/edits", json={**body, "stream": False}, timeout=120).json()
+    assert streamed == final["choices"][0]["text"]
+    assert has_drafts == (httpx.get(f"{server}/v1/models").json()["data"][0]["diffusion"])
+
+
+def test_correct_is_served_without_stream(server):
+    body = {"prompt": "def mean(xs):\n", "max_tokens": 8, "steps": 4, "block_length": 8, "correct": "both"}
+    r = httpx.post(f"{server}/v1/completions", json=body, timeout=120)
+    assert r.status_code == 200 and r.json()["choices"][0]["text"]
+    r = httpx.post(f"{server}/v1/completions", json={**body, "stream": True}, timeout=60)
+    diffusion = httpx.get(f"{server}/v1/models").json()["data"][0]["diffusion"]
+    assert r.status_code == (400 if diffusion else 200)
+    r = httpx.post(f"{server}/v1/completions", json={**body, "correct": "often"}, timeout=60)
+    if diffusion:  # an AR model ignores the diffusion knobs (docs/serving.md)
+        assert r.status_code == 400 and "correct must be" in r.text
