@@ -36,8 +36,8 @@ from ..sampling.policy import resolve_policy
 from ..sampling.types import GenerationError
 from .errors import APIError, api_error_handler, http_handler, validation_handler
 from .guard import RequestGuard
-from .metrics import render_metrics
 from . import control
+from .metrics import Histogram, render_metrics
 from .schemas import MAX_STOP_CHARS, MAX_STOPS, POLICY_FIELDS, ChatRequest, CompletionRequest, Decoding, EditRequest
 
 STATIC = Path(__file__).parent / "static"
@@ -68,6 +68,7 @@ class ServerState:
     engine: Engine | None = None
     load_error: str | None = None
     started: float = field(default_factory=time.time)
+    latency: Histogram = field(default_factory=Histogram)  # seconds from submission to the end
 
     def ready(self) -> tuple[Backend, Engine]:
         if self.load_error:
@@ -96,7 +97,8 @@ def create_app(settings: ServerSettings | None = None, backend: Backend | None =
         try:
             b = backend if backend is not None else (loader or _load_backend)(settings)
             engine = Engine(b, EngineConfig(max_batch=settings.max_batch, max_queue=settings.max_queue,
-                                            time_limit_s=settings.time_limit_s, max_n=settings.max_n)).start()
+                                            time_limit_s=settings.time_limit_s, max_n=settings.max_n),
+                            on_close=state.latency.record).start()
             state.backend, state.engine = b, engine
             log.info("model %s loaded; serving", b.name)
         except Exception as e:  # a missing model or a bad checkpoint: health says why
@@ -138,7 +140,7 @@ def create_app(settings: ServerSettings | None = None, backend: Backend | None =
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
     async def metrics():
-        return PlainTextResponse(render_metrics(state.engine), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(render_metrics(state.engine, state.latency), media_type="text/plain; version=0.0.4")
 
     @app.get("/", include_in_schema=False)
     async def playground():
