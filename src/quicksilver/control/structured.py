@@ -5,7 +5,6 @@ Used by ``api.LM.generate_json`` and, through the backend, by the server's ``res
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -79,7 +78,7 @@ def generate_structured(model, tokenizer, prompt: list[int], schema, policy: Dec
     text, result = fill_layout(model, tokenizer, prompt, lay, policy, on_step)
     try:
         value = validate_output(text, schema)
-    except (ValueError, Exception) as e:  # json.JSONDecodeError or jsonschema.ValidationError
+    except Exception as e:  # json.JSONDecodeError (a ValueError) or jsonschema.ValidationError
         raise InvalidOutput(f"the output failed validation against the schema ({type(e).__name__}: "
                             f"{str(e).splitlines()[0]}); please report this schema") from None
     slot_tokens = sum(map(len, result.values))
@@ -89,4 +88,4 @@ def generate_structured(model, tokenizer, prompt: list[int], schema, policy: Dec
 
 
 __all__ = ["StructuredResult", "InvalidOutput", "compile_layout", "fill_layout", "generate_structured",
-           "display_ids", "SchemaError", "Budgets", "json"]
+           "display_ids", "SchemaError", "Budgets"]
