@@ -127,5 +127,10 @@ def test_rehearsal_end_to_end(tmp_path, tiny_dataset):
         model, tok = load_model(tmp_path / "models" / name)
         assert next(model.parameters()).dtype == torch.bfloat16
         assert model.num_parameters() == summary["models"][name]["parameters"]
-        result = generate(model.float(), [tok.encode("def f(x):")], DecodePolicy(max_new_tokens=8, block_length=8))
-        assert result.nfe >= 1
+        # The unpacked model is the run's best checkpoint, rounded to bf16 for the trip, and decodes as it does.
+        best, _ = load_model(work / name / "best", dtype=torch.float32)
+        for (key, got), (_, want) in zip(model.state_dict().items(), best.state_dict().items()):
+            assert torch.equal(got, want.to(torch.bfloat16)), key
+        policy = DecodePolicy(max_new_tokens=8, block_length=8)
+        prompt = [tok.encode("def f(x):")]
+        assert generate(model.float(), prompt, policy).ids == generate(best.to(torch.bfloat16).float(), prompt, policy).ids

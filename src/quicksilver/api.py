@@ -59,6 +59,13 @@ class LM:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text)
 
+    def encode_literal(self, text: str) -> list[int]:  # optional for a Backend: special tokens as text
+        return self.tokenizer.encode_literal(text)
+
+    @property
+    def special_texts(self) -> list[str]:
+        return self.tokenizer.special_texts
+
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(ids)
 
@@ -78,11 +85,14 @@ class LM:
                    on_step: Callable[[StepEvent], None] | None = None) -> TextResult:
         """Diffusion: the canvas ``[prefix | mask * max_new_tokens | suffix]`` through the block decoder.
         AR twin: its prefix-suffix-middle prompt (``canvas.fim_prompt``) as a completion."""
-        cfg = self.model.config
         if not self.is_diffusion:
-            return self.generate_ids([fim_prompt(prefix, suffix, cfg.fim_prefix_id, cfg.fim_suffix_id,
-                                                 cfg.fim_middle_id)], policy, on_step)
+            return self.generate_ids([self.fim_prompt(prefix, suffix)], policy, on_step)
         return self.fill_ids([Canvas.infill(prefix, policy.max_new_tokens, suffix)], policy, on_step)
+
+    def fim_prompt(self, prefix: list[int], suffix: list[int]) -> list[int]:
+        """The AR twin's prefix-suffix-middle prompt for a fill between ``prefix`` and ``suffix``."""
+        cfg = self.model.config
+        return fim_prompt(prefix, suffix, cfg.fim_prefix_id, cfg.fim_suffix_id, cfg.fim_middle_id)
 
     def fill_ids(self, canvases: list[Canvas], policy: DecodePolicy,
                  on_step: Callable[[StepEvent], None] | None = None) -> TextResult:
@@ -195,14 +205,15 @@ class LM:
                                 row_forwards=nfe + args.nfe)
 
     def edit_ids(self, prompt: list[int], text: str, spans, policy: DecodePolicy,
-                 on_step: Callable[[StepEvent], None] | None = None) -> TextResult:
+                 on_step: Callable[[StepEvent], None] | None = None, literal: bool = True) -> TextResult:
         """Regenerate ``spans`` of ``text`` (checked by ``control.edit.check_spans``) after ``prompt``;
         ``texts[0]`` is the whole edited text."""
         from .control.edit import edit_ids
 
         # The AR twin fills span by span through FIM: no whole-text drafts, so no on_step for it.
         relay = on_step if self.is_diffusion else None
-        result = edit_ids(self.model, self.tokenizer, text, spans, policy, prompt, relay, whole_text_drafts=True)
+        result = edit_ids(self.model, self.tokenizer, text, spans, policy, prompt, relay, whole_text_drafts=True,
+                          literal=literal)
         ids = self.encode(result.text)
         return TextResult(ids=[ids], texts=[result.text], nfe=result.nfe, generated_tokens=len(ids),
                                 seconds=result.seconds, finished=[True], row_forwards=result.nfe)

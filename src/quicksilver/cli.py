@@ -127,6 +127,11 @@ def generate(
         raise UserError("--max-new-tokens must be a positive integer")
     if not prompt.strip():
         raise UserError("the prompt is empty")
+    from .prompting import text_problem
+
+    problem = text_problem(prompt)  # e.g. bytes that were not UTF-8 reach Python as lone surrogates
+    if problem:
+        raise UserError(f"the prompt is not valid text: it {problem}")
     options = dict(max_new_tokens=max_new_tokens, steps=steps, block_length=block_length, temperature=temperature,
                    top_k=top_k, top_p=top_p, seed=seed, commit=commit, threshold=threshold, factor=factor,
                    entropy_bound=entropy_bound, score=score, schedule=schedule, score_tempered=score_tempered,
@@ -157,6 +162,8 @@ def generate(
 def train(
     config: Path = typer.Argument(..., help="TOML run config, e.g. configs/coder-tiny.toml."),
     resume: bool = typer.Option(False, help="Continue from the run's latest checkpoint."),
+    overwrite: bool = typer.Option(False, help="Delete the run already in train.out_dir and start over (without "
+                                               "this or --resume a non-empty out_dir is refused)."),
     set_: List[str] = typer.Option([], "--set", help="Override a config value: section.key=value."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ):
@@ -165,7 +172,7 @@ def train(
     from .training.train import train as run_training
 
     run = load_run_config(config, _parse_overrides(set_))
-    state = run_training(run, resume=resume, progress=progress, log=console.print)
+    state = run_training(run, resume=resume, progress=progress, log=console.print, overwrite=overwrite)
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun only rank 0 reports
     console.print(f"done: step {state['step']}, {state['tokens']:,} tokens, best validation loss "
@@ -236,6 +243,10 @@ def serve(
     log_level: str = typer.Option("info", help="uvicorn log level."),
     threads: Optional[int] = typer.Option(None, help="torch threads for decoding (default: torch's choice; on a "
                                                      "busy CPU 1 is often faster)."),
+    body_timeout: float = typer.Option(30.0, help="Seconds a client has to send its request body (408 after)."),
+    special_tokens_in_text: bool = typer.Option(False, "--special-tokens-in-text",
+                                                help="Read special-token strings typed in prompts and messages (e.g. "
+                                                     "'<|endoftext|>') as control tokens; by default they are text."),
 ):
     """Serve MODEL over the OpenAI API (completions, chat, streaming with diffusion drafts) and the
     playground page at http://HOST:PORT/."""
@@ -248,8 +259,8 @@ def serve(
     except ImportError:
         raise UserError("the server needs FastAPI and uvicorn: pip install 'quicksilver-lm[serve]'") from None
     resolve_model_path(model)  # a missing model is an error now, not after the socket is up
-    if min(max_batch, max_queue, max_n, max_body) < 1 or time_limit <= 0:
-        raise UserError("--max-batch, --max-queue, --max-n, --max-body and --time-limit must be positive")
+    if min(max_batch, max_queue, max_n, max_body) < 1 or time_limit <= 0 or body_timeout <= 0:
+        raise UserError("--max-batch, --max-queue, --max-n, --max-body, --time-limit and --body-timeout must be positive")
     if not 0 < port < 65536:
         raise UserError(f"--port must be between 1 and 65535, got {port}")
     if threads is not None and threads <= 0:
@@ -259,7 +270,8 @@ def serve(
                           "use the model (set --api-key or QUICKSILVER_API_KEY)", style="yellow")
     settings = ServerSettings(model=model, api_key=api_key or None, cors_origins=tuple(cor for cor in cors_origin),
                               max_batch=max_batch, max_queue=max_queue, max_n=max_n, time_limit_s=time_limit,
-                              max_body=max_body, device=device)
+                              max_body=max_body, device=device, body_timeout_s=body_timeout,
+                              special_tokens_in_text=special_tokens_in_text)
     console.print(f"serving {model} on http://{host}:{port}/ (OpenAI API at /v1; "
                   f"{'API key required' if api_key else 'no API key'})", highlight=False)
     if threads is not None:
@@ -513,6 +525,12 @@ def _sandbox(timeout: float, memory_mb: int):
 
     if timeout <= 0 or memory_mb <= 0:
         raise UserError("--timeout and --memory-mb must be positive")
+    from .eval.boundary import SandboxUnavailable, require_boundary
+
+    try:  # before any generation: an evaluation that cannot run its tests safely stops at once
+        require_boundary()
+    except SandboxUnavailable as e:
+        raise UserError(f"cannot run generated code safely: {e}") from None
     return SandboxLimits(timeout_s=timeout, memory_mb=memory_mb)
 
 

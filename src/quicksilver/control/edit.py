@@ -129,16 +129,18 @@ def span_display(fixed: list[list[int]], budgets: list[int], region: list[int], 
 
 def edit_ids(model, tokenizer, text: str, spans: list[tuple[int, int, int]], policy: DecodePolicy,
              prompt: list[int] | None = None, on_step: Callable[[StepEvent], None] | None = None,
-             whole_text_drafts: bool = False) -> EditResult:
+             whole_text_drafts: bool = False, literal: bool = False) -> EditResult:
     """Fill ``spans`` of ``text`` (already checked) after an optional ``prompt`` (an instruction).
     With ``whole_text_drafts`` the ``on_step`` events hold the whole text's ids (masks where still
-    open) instead of the span positions alone."""
+    open) instead of the span positions alone; with ``literal`` special-token strings in the text are
+    read as text (the server's default)."""
+    encode = tokenizer.encode_literal if literal and hasattr(tokenizer, "encode_literal") else tokenizer.encode
     start_time = time.perf_counter()
     cfg = model.config
     if not cfg.causal:
         from ..sampling import Canvas, Span, fill
 
-        pieces = [tokenizer.encode(p) for p in _pieces(text, spans)]
+        pieces = [encode(p) for p in _pieces(text, spans)]
         parts: list = [list(prompt or []) + pieces[0]]
         for (_, _, budget), piece in zip(spans, pieces[1:]):
             parts += [Span(budget), piece]
@@ -157,14 +159,14 @@ def edit_ids(model, tokenizer, text: str, spans: list[tuple[int, int, int]], pol
         counts = [len(v) for v in values]
         nfe = result.nfe
     else:
-        fills, counts, nfe = _edit_ar(model, tokenizer, text, spans, policy, prompt or [], on_step)
+        fills, counts, nfe = _edit_ar(model, tokenizer, encode, text, spans, policy, prompt or [], on_step)
     out = []
     for piece, fill_text in zip(_pieces(text, spans), fills + [""]):
         out += [piece, fill_text]
     return EditResult("".join(out), fills, spans, nfe, time.perf_counter() - start_time, counts)
 
 
-def _edit_ar(model, tokenizer, text, spans, policy, prompt, on_step) -> tuple[list[str], list[int], int]:
+def _edit_ar(model, tokenizer, encode, text, spans, policy, prompt, on_step) -> tuple[list[str], list[int], int]:
     import dataclasses
 
     from ..sampling import generate
@@ -173,8 +175,8 @@ def _edit_ar(model, tokenizer, text, spans, policy, prompt, on_step) -> tuple[li
     fills, counts, nfe, done_text, last = [], [], 0, "", 0
     for start, end, budget in spans:
         done_text += text[last:start]
-        prefix = list(prompt) + tokenizer.encode(done_text)
-        suffix = tokenizer.encode(text[end:])
+        prefix = list(prompt) + encode(done_text)
+        suffix = encode(text[end:])
         ids = [cfg.fim_prefix_id, *prefix, cfg.fim_suffix_id, *suffix, cfg.fim_middle_id]
         result = generate(model, [ids], dataclasses.replace(policy, max_new_tokens=budget), on_step=on_step)
         fill = tokenizer.decode(result.ids[0])

@@ -51,6 +51,7 @@ class Round:
     serial: Request | None = None  # then this request, whole
     close: list[tuple[Request, str, bool]] = field(default_factory=list)  # (request, outcome, timed out)
     failed: list[tuple[Request, str]] = field(default_factory=list)  # refused at admission: (request, why)
+    crashed: list[tuple[Request, Exception]] = field(default_factory=list)  # admission raised: a bug, not a refusal
 
 
 class Scheduler:
@@ -102,7 +103,11 @@ class Scheduler:
             if decoder.at_boundary:
                 while cohort.waiting and cohort.waiting[0].n <= self.slots_free():
                     request = cohort.waiting.popleft()
-                    error = self._admit(request, decoder, now)
+                    try:
+                        error = self._admit(request, decoder, now)
+                    except Exception as e:  # one request's failure: the worker answers it with a 500
+                        out.crashed.append((request, e))
+                        continue
                     if error is not None:
                         out.failed.append((request, error))
             if decoder.active:
@@ -113,6 +118,14 @@ class Scheduler:
         if self.serial and (self.slots_free() >= self.serial[0].n or not out.step):
             out.serial = self.serial.popleft()
         return out
+
+    def drop(self, cohort: Cohort) -> list[Request]:
+        """Forget a cohort whose decoder failed; returns its waiting requests (not started: they may be
+        routed again, to a fresh decoder)."""
+        for key, c in list(self.cohorts.items()):
+            if c is cohort:
+                del self.cohorts[key]
+        return list(cohort.waiting)
 
     def _purge(self, waiting: collections.deque) -> list[tuple[Request, str, bool]]:
         """Waiting requests whose clients left are closed, so they stop counting as queued."""

@@ -79,7 +79,8 @@ class Done:
 @dataclass
 class Failed:
     message: str
-    status: int = 400  # 400: the request cannot be served as asked; 503: the engine itself failed
+    status: int = 400  # 400: the request cannot be served as asked; 500: serving it raised (the engine
+    # goes on serving the others); 503: the engine itself failed
 
 
 Event = Delta | Draft | Finished | Done | Failed

@@ -10,8 +10,10 @@ from __future__ import annotations
 import collections
 import dataclasses
 import itertools
+import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 
 from ..backend import Backend
@@ -20,6 +22,8 @@ from ..sampling.types import GenerationError, StepEvent
 from .scheduler import Scheduler
 from .streamer import RowState
 from .types import Cancelled, Done, EngineClosed, EngineConfig, Failed, QueueFull, Request
+
+log = logging.getLogger("quicksilver.engine")
 
 
 class Engine:
@@ -137,7 +141,10 @@ class Engine:
                     if request.cancelled:
                         self._close(request, "cancelled")
                     else:
-                        self.scheduler.route(request)
+                        try:
+                            self.scheduler.route(request)
+                        except Exception as e:  # e.g. the backend cannot build a decoder for this policy
+                            self._fail(request, e)
                 if not self._round():
                     with self._lock:  # nothing could run (requests wait for slots): do not spin
                         self._lock.wait(timeout=0.01)
@@ -156,12 +163,23 @@ class Engine:
         for request, message in plan.failed:
             request.sink(Failed(message))
             self._close(request, "error")
+        for request, error in plan.crashed:
+            self._fail(request, error)
         for request, outcome, timed_out in plan.close:
             self._close(request, outcome, timed_out=timed_out)
         for cohort in plan.step:
-            report = cohort.decoder.step()
-            self.forward_passes_total += int(report.forward)
-            self._after_step(cohort.decoder, report)
+            try:
+                report = cohort.decoder.step()
+                self.forward_passes_total += int(report.forward)
+                self._after_step(cohort.decoder, report)
+            except Exception as e:  # the decoder's state is unknown now: fail its requests, drop it
+                for request in [r for r in self.scheduler.active if r.rows and r.rows[0].decoder is cohort.decoder]:
+                    self._fail(request, e)
+                for request in self.scheduler.drop(cohort):  # not started: a fresh decoder
+                    try:
+                        self.scheduler.route(request)
+                    except Exception as again:
+                        self._fail(request, again)
         if plan.serial is not None:
             self._serve_serial(plan.serial)
         return bool(plan.step) or plan.serial is not None
@@ -243,8 +261,28 @@ class Engine:
         except GenerationError as e:
             request.sink(Failed(str(e)))
             return self._close(request, "error")
+        except Exception as e:  # this request's failure, not the engine's: it keeps serving
+            return self._fail(request, e)
         self._close(request, "cancelled" if request.cancelled else ("timeout" if timed_out else "ok"),
                     timed_out=timed_out)
+
+    def _fail(self, request: Request, error: Exception) -> None:
+        """Serving ``request`` raised: log it with an id, answer that request with a 500 naming the id,
+        and go on serving the others (a bad input that slipped past the checks, or a model bug,
+        should cost one request, not the server)."""
+        ident = "err-" + uuid.uuid4().hex[:12]
+        log.error("request %s failed (%s): %s: %s", request.id, ident, type(error).__name__, error, exc_info=error)
+        if not request.done:
+            request.sink(Failed(f"the server failed to serve this request (error id {ident}); it has been logged", 500))
+        for row in request.rows:
+            if row.decoder is not None and row.handle is not None:
+                try:
+                    if row.decoder.has(row.handle):
+                        row.decoder.release(row.handle)
+                except Exception:  # the decoder is being dropped anyway
+                    pass
+            row.finished = True
+        self._close(request, "error")
 
     def _close(self, request: Request, outcome: str, timed_out: bool = False) -> None:
         if request.done:

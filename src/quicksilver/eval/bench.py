@@ -26,8 +26,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..sampling import DecodePolicy, GenerationResult, generate
-from ..sampling.batch import left_pad
+from ..sampling import DecodePolicy, GenerationResult, generate, left_pad
 from ..sampling.policy import resolve_policy, setting_fields
 from ..sampling.stops import cut_at_eos, cut_at_stops, never_sample_ids
 from .bench_report import AR_SYSTEMS, Row, format_row, machine_info, target_summary

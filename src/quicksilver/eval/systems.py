@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..sampling import Canvas, DecodePolicy, fill, generate
-from ..sampling.canvas import FIM_FRAME_TOKENS, fim_prompt
+from ..api import LM
+from ..sampling import Canvas, DecodePolicy
+from ..sampling.canvas import FIM_FRAME_TOKENS
 from ..sampling.policy import policy_from_setting, resolve_policy
 from ..sampling.stops import final_prefix, settled_at
 from .completion import Completion, Usage, cut_at_stops
@@ -50,7 +51,7 @@ class StopWatcher:
     """
 
     def __init__(self, tokenizer, stops: tuple[str, ...], mask_id: int, stop_ids) -> None:
-        self.tokenizer, self.stops, self.mask_id = tokenizer, tuple(stops), mask_id
+        self.tokenizer, self.stops, self.mask_id = tokenizer, tuple(stops), mask_id  # anything with decode()
         self.stop_ids = frozenset([stop_ids] if isinstance(stop_ids, int) else stop_ids)
         self.checked: dict[int, int] = {}
 
@@ -100,15 +101,19 @@ class LocalSystem:
     cache: str = "none"
     batch_size: int | None = None  # None: 1 for a diffusion model on CPU (padding costs more than batching
     usage: Usage = field(default_factory=Usage)  # saves there), 8 otherwise
+    # What decodes: the same ``Backend`` the engine and the server use (``api.LM`` over model and tokenizer).
+    backend: LM | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        if self.backend is None:
+            self.backend = LM(self.model, self.tokenizer, self.name)
         if self.batch_size is None:
             on_cpu = next(self.model.parameters()).device.type == "cpu"
             self.batch_size = 1 if (on_cpu and not self.causal) else 8
 
     @property
     def causal(self) -> bool:
-        return bool(self.model.config.causal)
+        return not self.backend.is_diffusion
 
     @property
     def kind(self) -> str:
@@ -123,7 +128,7 @@ class LocalSystem:
         return describe_policy(self.policy(max_new_tokens, temperature), self.causal)
 
     def _context(self) -> int:
-        return int(self.model.config.max_position_embeddings)
+        return self.backend.context_length
 
     def _decode_batches(self, prompt_ids: list[list[int]], policy: DecodePolicy, on_batch=None,
                         stops: tuple[str, ...] = ()) -> list[Completion]:
@@ -136,15 +141,15 @@ class LocalSystem:
             t0 = time.perf_counter()
             if policy.seed is not None:
                 policy.seed += 1
-            watcher = StopWatcher(self.tokenizer, stops, self.model.config.mask_token_id,
-                                  self.model.config.stop_ids) if stops else None
+            backend = self.backend
+            watcher = StopWatcher(backend, stops, backend.mask_id, backend.stop_ids) if stops else None
             try:
-                result = generate(self.model, [prompt_ids[i] for i in rows], policy, on_step=watcher)
+                result = backend.generate_ids([prompt_ids[i] for i in rows], policy, on_step=watcher)
                 per_row = (result.row_forwards / len(rows)) if result.row_forwards else result.nfe
-                ids, counts = result.ids, [len(row) for row in result.ids]
+                texts, counts = result.texts, [len(row) for row in result.ids]
             except StopDecoding as stop:
-                ids, per_row, counts = stop.ids, stop.nfe, stop.committed
-            done = [Completion(self.tokenizer.decode(row), n, per_row) for row, n in zip(ids, counts)]
+                texts, per_row, counts = [backend.decode(row) for row in stop.ids], stop.nfe, stop.committed
+            done = [Completion(text, n, per_row) for text, n in zip(texts, counts)]
             for i, c in zip(rows, done):
                 out[i] = c
             self.usage.add(done, time.perf_counter() - t0)
@@ -157,7 +162,7 @@ class LocalSystem:
                  stops: tuple[str, ...] = (), on_batch=None) -> list[Completion]:
         policy = self.policy(max_new_tokens, temperature, seed)
         budget = self._context() - max_new_tokens
-        ids = [_fit(self.tokenizer.encode(p), budget, "end") for p in prompts]
+        ids = [_fit(self.backend.encode(p), budget, "end") for p in prompts]
         done = self._decode_batches(ids, policy, on_batch, stops)
         for c in done:
             c.text = cut_at_stops(c.text, stops)
@@ -167,11 +172,11 @@ class LocalSystem:
     def infill(self, pairs: list[tuple[str, str]], max_new_tokens: int, on_batch=None) -> list[Completion]:
         """Fill between each (prefix, suffix): natively for diffusion (masks between the two), through
         the PSM fill-in-the-middle format for the AR twin."""
-        cfg = self.model.config
+        backend = self.backend
         available = self._context() - max_new_tokens - FIM_FRAME_TOKENS
-        encoded = [fit_context(self.tokenizer.encode(p), self.tokenizer.encode(s), available) for p, s in pairs]
+        encoded = [fit_context(backend.encode(p), backend.encode(s), available) for p, s in pairs]
         if self.causal:
-            prompts = [fim_prompt(p, s, cfg.fim_prefix_id, cfg.fim_suffix_id, cfg.fim_middle_id) for p, s in encoded]
+            prompts = [backend.fim_prompt(p, s) for p, s in encoded]
             return self._decode_batches(prompts, self.policy(max_new_tokens), on_batch)
         import time
 
@@ -180,8 +185,8 @@ class LocalSystem:
         for start in range(0, len(encoded), self.batch_size):
             chunk = encoded[start:start + self.batch_size]
             t0 = time.perf_counter()
-            result = fill(self.model, [Canvas.infill(p, max_new_tokens, s) for p, s in chunk], policy)
-            done = [Completion(self.tokenizer.decode(ids), len(ids), f) for ids, f in zip(result.ids, result.forwards)]
+            result = backend.fill_ids([Canvas.infill(p, max_new_tokens, s) for p, s in chunk], policy)
+            done = [Completion(text, len(ids), f) for text, ids, f in zip(result.texts, result.ids, result.forwards)]
             out.extend(done)
             self.usage.add(done, time.perf_counter() - t0)
             if on_batch is not None:

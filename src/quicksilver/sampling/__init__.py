@@ -1,11 +1,16 @@
 """Decoding: ``generate`` (complete prompts) and ``fill`` (fill any canvas) for diffusion models and
-their AR twins; ``resolve_policy`` turns presets, setting names and options into a ``DecodePolicy``."""
+their AR twins; ``resolve_policy`` turns presets, setting names and options into a ``DecodePolicy``.
+
+Public: this package's names and the pure modules ``canvas``, ``policy``, ``stops``, ``rules`` and
+``types``.  The decoders' insides (``diffusion``, ``rows``, ``forward``, ``step``, ``ar``, ``batch``) are
+for ``sampling`` itself, the engine's step-level batching (``BlockDecoder``) and the tests."""
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
 
 from .ar import generate_ar
+from .batch import left_pad
 from .canvas import Canvas, Span
 from .diffusion import fill as fill_diffusion
 from .diffusion import generate_diffusion
@@ -39,4 +44,4 @@ def fill(model, canvases: list[Canvas], policy: DecodePolicy,
 
 __all__ = ["generate", "fill", "generate_ar", "generate_diffusion", "Canvas", "Span", "DecodePolicy",
            "GenerationError", "GenerationResult", "TextResult", "StepEvent", "PRESETS", "DEFAULT_PRESET",
-           "preset_policy", "policy_from_setting", "resolve_policy"]
+           "preset_policy", "policy_from_setting", "resolve_policy", "left_pad"]

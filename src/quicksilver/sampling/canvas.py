@@ -41,7 +41,7 @@ Results
 Building on it (what comes next)
   * Correction / remasking: a ``Span`` is the unit the decoder may reopen; an edit request is a
     ``Canvas.of`` with the unchanged parts of a file as fixed tokens and the lines to rewrite as spans
-    (``lm.edit`` builds one).
+    (what an ``lm.edit`` would build; ``LM.fill_ids`` decodes any canvas today).
   * Templates: ``Canvas.of("{\\"name\\": \\"", Span(12, allowed=...), "\\", \\"age\\": ", Span(3, allowed=digits,
     may_end_early=...), "}")`` with the fixed parts tokenized by the caller.
   Canvases are immutable values (hashable, comparable), so a caller can build one per request and

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .canvas import Canvas
+from .canvas import Canvas, Span
 from .types import GenerationError
 
 
@@ -86,6 +86,7 @@ class RowBook:
     def admit(self, canvases: list[Canvas], block_length: int, plan) -> list[int]:
         """Lay ``canvases`` out as new rows whose first masked column is ``lo``; returns handles.
         ``plan(sizes)`` gives the fixed rule's steps per block from the masked positions per block."""
+        span_rules = [[self._rule_for(sp.allowed, sp.may_end_early) for sp in c.spans] for c in canvases]  # may refuse
         start_fresh = self.canvas is None or not bool(self.alive.any())
         if start_fresh:
             self.reset()
@@ -115,31 +116,27 @@ class RowBook:
             attention[row, first:first + len(ids)] = 1
             ids_here: list[int] = []
             column = first
-            local = 0
+            spans = iter(span_rules[row])
             for part in c.parts:
-                if isinstance(part, tuple):
-                    column += len(part)
-                    continue
-                sid = self._next_span
-                self._next_span += 1
-                self.spans[sid] = SpanState(handle, column, part.length, part.may_end_early)
-                span[row, column:column + part.length] = sid
-                rule[row, column:column + part.length] = self._rule_for(part.allowed, part.may_end_early)
-                ids_here.append(sid)
-                column += part.length
-                local += 1
+                if isinstance(part, Span):
+                    sid = self._next_span
+                    self._next_span += 1
+                    self.spans[sid] = SpanState(handle, column, part.length, part.may_end_early)
+                    span[row, column:column + part.length] = sid
+                    rule[row, column:column + part.length] = next(spans)
+                    ids_here.append(sid)
+                column += len(part) if isinstance(part, tuple) else part.length
             self.row_of[handle] = len(self.handles)
             self.handles.append(handle)
             self.row_spans.append(ids_here)
-            g0 = self.lo
-            g1 = max(s.start + s.length for s in (self.spans[i] for i in ids_here))
+            g0, g1 = self.lo, max(self.spans[i].start + self.spans[i].length for i in ids_here)
             self.gen_start.append(g0)
             self.gen_end.append(g1)
-            masked = [m for m in (sp >= 0 for sp in span_of)]
-            sizes = []
-            rel = [i - len(c.prompt) for i, m in enumerate(masked) if m]
-            for k in range(0, g1 - g0, block_length):
-                sizes.append(sum(1 for i in rel if k <= i < k + block_length))
+            # masked positions per block, counted from the first masked column (the fixed rule's plan)
+            sizes = [0] * -(-(g1 - g0) // block_length)
+            for i, sp in enumerate(span_of[len(c.prompt):]):
+                if sp >= 0:
+                    sizes[i // block_length] += 1
             self.plans.append(plan(sizes))
             self.forward_counts.append(0)
             handles.append(handle)

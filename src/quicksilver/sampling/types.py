@@ -137,7 +137,7 @@ class StepEvent:
     """Emitted after every forward pass: the generated region of the canvas of each row."""
     step: int  # forward passes so far (NFE)
     block: int
-    canvas: torch.Tensor  # (B, gen_len) token ids, mask id at positions not yet committed
+    canvas: torch.Tensor  # (B, G) each row's generated positions (its spans), mask id where not yet committed
     committed: torch.Tensor  # (B, gen_len) bool: positions committed by this step
     mask_id: int
 

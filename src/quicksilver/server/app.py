@@ -31,10 +31,11 @@ from ..backend import Backend
 from ..chat import ChatTemplateError
 from ..engine import (Delta, Done, Draft, Engine, EngineClosed, EngineConfig, Failed, Finished, QueueFull,
                       Request as EngineRequest)
+from ..prompting import chat_ids, fewest_tokens, text_ids
 from ..sampling.canvas import fixed_length
 from ..sampling.policy import resolve_policy
 from ..sampling.types import GenerationError
-from .errors import APIError, api_error_handler, http_handler, validation_handler
+from .errors import APIError, api_error_handler, error_body, http_handler, unexpected_handler, validation_handler
 from .guard import RequestGuard
 from . import control
 from .metrics import Histogram, render_metrics
@@ -59,6 +60,8 @@ class ServerSettings:
     max_tokens_limit: int | None = None  # the most a request may ask for; None: the model's context
     device: str | None = None
     drain_s: float = 10.0  # on shutdown, how long running requests may finish
+    body_timeout_s: float = 30.0  # a request body must arrive within this (408 otherwise)
+    special_tokens_in_text: bool = False  # True: '<|endoftext|>' typed by a user is the control token
 
 
 @dataclass
@@ -118,7 +121,9 @@ def create_app(settings: ServerSettings | None = None, backend: Backend | None =
     app.add_exception_handler(RequestValidationError, validation_handler)
     app.add_exception_handler(HTTPException, http_handler)
     app.add_exception_handler(APIError, api_error_handler)
-    app.add_middleware(RequestGuard, api_key=settings.api_key, max_body=settings.max_body)
+    app.add_exception_handler(Exception, unexpected_handler)
+    app.add_middleware(RequestGuard, api_key=settings.api_key, max_body=settings.max_body,
+                       body_timeout_s=settings.body_timeout_s)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_credentials=False,
                            allow_methods=["GET", "POST", "OPTIONS"], allow_headers=["Authorization", "Content-Type"])
@@ -179,8 +184,11 @@ def create_app(settings: ServerSettings | None = None, backend: Backend | None =
             prompt = prompt[0]
         if prompt == "" and not body.suffix:
             raise APIError(400, "prompt must not be empty", "prompt")
-        ids = backend_.encode(prompt)
-        suffix = backend_.encode(body.suffix) if body.suffix else None
+        _refuse_far_too_long(backend_, prompt + (body.suffix or ""))
+        literal = not settings.special_tokens_in_text
+        # Tokenizing is CPU work of up to a second for a long prompt: off the event loop.
+        ids = await asyncio.to_thread(text_ids, backend_, prompt, literal)
+        suffix = await asyncio.to_thread(text_ids, backend_, body.suffix, literal) if body.suffix else None
         if suffix is not None and not ids and not suffix:
             raise APIError(400, "prompt and suffix are both empty", "prompt")
         if control.response_schema(body.response_format) is not None:
@@ -203,11 +211,11 @@ def create_app(settings: ServerSettings | None = None, backend: Backend | None =
             if body.stream:
                 raise APIError(400, "stream is not supported with tools; call without stream", "stream")
             messages = control.tool_messages(messages, tools)
+        _refuse_far_too_long(backend_, "".join(_message_text(m) for m in messages))
         try:
-            text = backend_.render_chat(messages)
+            ids = await asyncio.to_thread(chat_ids, backend_, messages, not settings.special_tokens_in_text)
         except ChatTemplateError as e:
             raise APIError(400, str(e), "messages") from None
-        ids = backend_.encode(text)
         if not ids:
             raise APIError(400, "the messages render to an empty prompt", "messages")
         if tools is not None:
@@ -225,13 +233,29 @@ def create_app(settings: ServerSettings | None = None, backend: Backend | None =
         """Regenerate spans of ``input`` (docs/control.md); the answer has the completion shape."""
         backend_, engine = state.ready()
         _check_common(body, backend_, settings)
-        job = control.edit_job(body, backend_)
+        _refuse_far_too_long(backend_, body.input + (body.instruction or ""))
+        job = control.edit_job(body, backend_, not settings.special_tokens_in_text)
         response = await _serve(request, engine, job, body, backend_.name, chat=False)
         if isinstance(response, dict):
             response["object"] = "edit"
         return response
 
     return app
+
+
+def _message_text(message: dict) -> str:
+    content = message.get("content")
+    if isinstance(content, list):
+        return "".join(part.get("text") or "" for part in content if isinstance(part, dict))
+    return content if isinstance(content, str) else ""
+
+
+def _refuse_far_too_long(backend: Backend, text: str) -> None:
+    """Refuse a prompt that cannot fit whatever its tokens, before spending CPU on tokenizing it."""
+    fewest = fewest_tokens(backend, text)
+    if fewest > backend.context_length:
+        raise APIError(400, f"this model's maximum context length is {backend.context_length} tokens, but the prompt "
+                            f"has at least {fewest} tokens; shorten the prompt", "prompt", "context_length_exceeded")
 
 
 def _model_card(backend: Backend, state: ServerState) -> dict:
@@ -317,7 +341,7 @@ async def _serve(request: Request, engine: Engine, job: EngineRequest, body: Dec
         return JSONResponse(status_code=499, content=None)
     texts, finished, done, failed = collect.result()
     if failed is not None:
-        raise APIError(failed.status, failed.message)
+        raise APIError(failed.status, failed.message, code="internal_error" if failed.status == 500 else None)
     choices = []
     for i in range(job.n):
         f = finished.get(i)
@@ -411,8 +435,8 @@ async def _sse(engine: Engine, job: EngineRequest, events: asyncio.Queue, ident:
                 break
             elif isinstance(event, Failed):
                 over = True
-                yield _frame({"error": {"message": event.message, "type": "invalid_request_error", "param": None,
-                                        "code": None}})
+                yield _frame(error_body(event.status, event.message,
+                                        code="internal_error" if event.status == 500 else None))
                 break
         yield "data: [DONE]\n\n"
     finally:

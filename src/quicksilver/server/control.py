@@ -13,6 +13,7 @@ import uuid
 from ..control.edit import SpanError, check_spans, joint_block, parse_placeholders
 from ..control.schema import JSON_OBJECT_SCHEMA, SchemaError
 from ..engine import Request as EngineRequest
+from ..prompting import chat_ids
 from ..sampling.types import GenerationError
 from .errors import APIError
 
@@ -161,7 +162,7 @@ def as_tool_call(response: dict) -> dict:
 
 
 # -- edits ---------------------------------------------------------------------------------------------
-def edit_job(body, backend) -> EngineRequest:
+def edit_job(body, backend, literal: bool = True) -> EngineRequest:
     _capable(backend, "edit_ids", "edits")
     text = body.input
     try:
@@ -175,7 +176,7 @@ def edit_job(body, backend) -> EngineRequest:
     prompt: list[int] = []
     if body.instruction:
         try:
-            prompt = backend.encode(backend.render_chat([{"role": "user", "content": body.instruction}]))
+            prompt = chat_ids(backend, [{"role": "user", "content": body.instruction}], literal)
         except Exception as e:  # a chat template error names the problem
             raise APIError(400, str(e), "instruction") from None
     budget = sum(b for _, _, b in spans)
@@ -183,7 +184,7 @@ def edit_job(body, backend) -> EngineRequest:
     policy = _policy(body, backend, len(backend.encode(text)) + budget,
                      block_length=joint_block(text, spans, backend.encode))
     return EngineRequest(prompt, policy, drafts=bool(body.diffusing and body.stream and backend.is_diffusion),
-                         run=lambda p, on_step: backend.edit_ids(prompt, text, spans, p, on_step))
+                         run=lambda p, on_step: backend.edit_ids(prompt, text, spans, p, on_step, literal))
 
 
 __all__ = ["response_schema", "structured_job", "chosen_tools", "tool_messages", "tool_job", "as_tool_call",

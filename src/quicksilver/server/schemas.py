@@ -1,6 +1,9 @@
 """Request bodies of the OpenAI-compatible routes, with bounds (pydantic).
 
 Unknown fields are ignored (OpenAI clients send fields such as ``user`` that change nothing here).
+Types are strict: ``"5"`` is not a number and ``"yes"`` is not a boolean (a client that sends them has
+a bug that coercion would hide); an integer is accepted where a float is expected.  Every string is
+checked to be text: a lone UTF-16 surrogate (the valid JSON escape ``"\\ud800"``) is refused with 400.
 Bounds that depend on the model or the server's settings (context length, ``n`` cap, token cap) are
 checked in ``app.py`` so that their messages can name the limit.
 """
@@ -10,7 +13,10 @@ import dataclasses
 import typing
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic_core import PydanticCustomError
+
+from ..prompting import text_problem
 
 from ..sampling.policy import FIELD_HELP
 from ..sampling.types import DecodePolicy
@@ -19,8 +25,29 @@ MAX_STOPS = 4
 MAX_STOP_CHARS = 128
 
 
+def _first_bad_text(value, path: str) -> tuple[str, str] | None:
+    """The first string (or key) below ``value`` that is not text: (its path, the problem)."""
+    if isinstance(value, str):
+        problem = text_problem(value)
+        return (path, problem) if problem else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            # the path goes into the error message: a key that is not text is shown escaped
+            name = str(key).encode("utf-8", "backslashreplace").decode("utf-8")
+            where = f"{path}.{name}" if path else name
+            found = _first_bad_text(key, where) or _first_bad_text(item, where)
+            if found:
+                return found
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _first_bad_text(item, f"{path}.{i}" if path else str(i))
+            if found:
+                return found
+    return None
+
+
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     include_usage: bool = False
 
 
@@ -41,7 +68,15 @@ class ResponseFormat(BaseModel):
 
 class OpenAIFields(BaseModel):
     """Fields shared by both routes that OpenAI defines."""
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _all_text(cls, data):
+        found = _first_bad_text(data, "") if isinstance(data, dict) else None
+        if found:
+            raise PydanticCustomError("invalid_text", "'{param}' {problem}", {"param": found[0], "problem": found[1]})
+        return data
 
     model: str | None = Field(None, max_length=256)
     max_tokens: int | None = Field(None, ge=1, le=2**31 - 1, description="Most tokens to generate.")
@@ -88,13 +123,13 @@ class CompletionRequest(Decoding):
 
 
 class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     type: str
     text: str | None = None
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     role: Literal["system", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     tool_calls: list[dict] | None = None  # an assistant turn that called tools (sent back by clients)
