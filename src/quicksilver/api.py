@@ -146,6 +146,113 @@ class LM:
         return resolve_policy(preset, base=None if preset else self.default_policy, diffusion=self.is_diffusion,
                               **given)
 
+    # -- controllable generation (``control/``) ----------------------------------------------------
+    def _policy(self, **decoding) -> DecodePolicy:
+        # Templates and edits are decoded with the reference rule unless told otherwise: their slots are
+        # short, and the measurements in docs/control.md were made with it.
+        return self.policy("reference", **decoding)
+
+    def generate_json(self, prompt: str, schema: dict, string_tokens: int = 6, integer_tokens: int = 3,
+                      on_step: Callable[[StepEvent], None] | None = None, **decoding):
+        """A JSON value valid against ``schema``: the schema is compiled into a canvas template (keys,
+        quotes, braces fixed; value slots with budgets and allowed tokens), the model fills the slots
+        (diffusion) or decodes under the template's constraints (AR twin), and the text is validated
+        with ``jsonschema``.  Returns ``control.StructuredResult`` (``.text``, ``.value``, ``.nfe``).
+        Raises ``control.SchemaError`` for a schema the compiler does not support."""
+        from .control import Budgets, generate_structured
+
+        policy = self._policy(**decoding)
+        return generate_structured(self.model, self.tokenizer, self.encode(prompt), schema, policy,
+                                   Budgets(string_tokens=string_tokens, integer_tokens=integer_tokens),
+                                   on_step=on_step)
+
+    def edit(self, text: str, spans=None, instruction: str | None = None,
+             on_step: Callable[[StepEvent], None] | None = None, **decoding):
+        """Regenerate ``spans`` (``(start, end, max_tokens)`` character ranges) of ``text``, or its
+        ``<|mask|>`` / ``<|mask:N|>`` placeholders, leaving every other byte unchanged; all spans are
+        filled by one decode.  ``instruction`` goes before the text through the chat template.
+        Returns ``control.edit.EditResult`` (``.text``, ``.fills``, ``.nfe``)."""
+        from .control.edit import check_spans, edit_ids, joint_block, parse_placeholders
+
+        if spans is None:
+            text, spans = parse_placeholders(text)
+        spans = check_spans(text, spans)
+        decoding.setdefault("block_length", joint_block(text, spans, self.encode))  # all spans jointly
+        policy = self._policy(**decoding)
+        prompt = self.encode(self.render_chat([{"role": "user", "content": instruction}])) if instruction else None
+        return edit_ids(self.model, self.tokenizer, text, spans, policy, prompt, on_step)
+
+    # -- the server's side of controllable generation (optional Backend capabilities) ----------------
+    def compile_schema(self, schema, string_tokens: int = 6):
+        """The canvas layout of ``schema`` (raises ``control.SchemaError``: the server's 400)."""
+        from .control import Budgets
+        from .control.structured import compile_layout
+
+        return compile_layout(schema, self.tokenizer, self.model.config, Budgets(string_tokens=string_tokens))
+
+    def _region_events(self, lay, on_step):
+        """StepEvents of a template fill with dropped slot positions removed, so that the ids before
+        the first mask are final text (what the engine streams)."""
+        if on_step is None:
+            return None
+        from .control.structured import display_ids
+
+        def relay(event: StepEvent) -> None:
+            ids = display_ids(lay, event.canvas[0].tolist(), self.eos_id)
+            on_step(StepEvent(event.step, event.block, torch.tensor([ids]),
+                              torch.zeros(1, len(ids), dtype=torch.bool), event.mask_id))
+        return relay
+
+    def structured_ids(self, prompt: list[int], schema, lay, policy: DecodePolicy,
+                       on_step: Callable[[StepEvent], None] | None = None) -> TextResult:
+        """Fill the compiled ``lay`` of ``schema`` after ``prompt``; ``texts[0]`` is validated JSON."""
+        from .control.structured import generate_structured
+
+        result = generate_structured(self.model, self.tokenizer, prompt, schema, policy, lay=lay,
+                                     on_step=self._region_events(lay, on_step))
+        ids = self.encode(result.text)
+        return TextResult(ids=[ids], texts=[result.text], nfe=result.nfe, generated_tokens=result.tokens,
+                                seconds=result.seconds, finished=[True], row_forwards=result.nfe)
+
+    def tool_call_ids(self, prompt: list[int], tools, policy: DecodePolicy,
+                      on_step: Callable[[StepEvent], None] | None = None) -> TextResult:
+        """A tool call: ``tools`` is a list of (name, parameters schema, compiled layout).  With several
+        tools the model first chooses the name (an enum slot after ``{"name": ``), then fills that
+        tool's arguments after ``{"name": "...", "arguments": ``.  ``texts[0]`` is that JSON object."""
+        import json
+
+        from .control.structured import generate_structured
+
+        nfe, seconds = 0, 0.0
+        name, schema, lay = tools[0]
+        if len(tools) > 1:
+            names = [t[0] for t in tools]
+            pick = generate_structured(self.model, self.tokenizer, prompt + self.encode('{"name": '),
+                                       {"enum": names}, policy)
+            nfe, seconds = pick.nfe, pick.seconds
+            name, schema, lay = tools[names.index(pick.value)]
+        head = prompt + self.encode('{"name": ' + json.dumps(name) + ', "arguments": ')
+        args = generate_structured(self.model, self.tokenizer, head, schema, policy, lay=lay,
+                                   on_step=self._region_events(lay, on_step))
+        text = json.dumps({"name": name, "arguments": args.value}, ensure_ascii=False)
+        return TextResult(ids=[self.encode(text)], texts=[text], nfe=nfe + args.nfe,
+                                generated_tokens=args.tokens, seconds=seconds + args.seconds, finished=[True],
+                                row_forwards=nfe + args.nfe)
+
+    def edit_ids(self, prompt: list[int], text: str, spans, policy: DecodePolicy,
+                 on_step: Callable[[StepEvent], None] | None = None, literal: bool = True) -> TextResult:
+        """Regenerate ``spans`` of ``text`` (checked by ``control.edit.check_spans``) after ``prompt``;
+        ``texts[0]`` is the whole edited text."""
+        from .control.edit import edit_ids
+
+        # The AR twin fills span by span through FIM: no whole-text drafts, so no on_step for it.
+        relay = on_step if self.is_diffusion else None
+        result = edit_ids(self.model, self.tokenizer, text, spans, policy, prompt, relay, whole_text_drafts=True,
+                          literal=literal)
+        ids = self.encode(result.text)
+        return TextResult(ids=[ids], texts=[result.text], nfe=result.nfe, generated_tokens=len(ids),
+                                seconds=result.seconds, finished=[True], row_forwards=result.nfe)
+
     def generate(self, prompt, max_new_tokens: int | None = None, steps: int | None = None,
                  block_length: int | None = None, temperature: float | None = None, top_k: int | None = None,
                  top_p: float | None = None, seed: int | None = None, stop_at_eos: bool | None = None,

@@ -45,6 +45,13 @@ def generate(
     window: Optional[int] = typer.Option(None, help="Masked positions after the block the model sees (default: all)."),
     early_stop: Optional[bool] = typer.Option(None, "--early-stop/--no-early-stop",
                                               help="Stop as soon as end of text is final (no pass on trailing padding)."),
+    correct: Optional[str] = typer.Option(None, help="Correction while refining (diffusion): none, remask, edit or "
+                                                      "both (docs/control.md)."),
+    remask_share: Optional[float] = typer.Option(None, help="--correct remask: most of a block's committed tokens "
+                                                            "one step may reopen (default 0.25)."),
+    edit_threshold: Optional[float] = typer.Option(None, help="--correct edit: replace a committed token when the "
+                                                              "model's best token differs with this probability (0.9)."),
+    edit_passes: Optional[int] = typer.Option(None, help="--correct edit: most extra forward passes per block (2)."),
     stop_at_eos: Optional[bool] = typer.Option(None, "--stop-at-eos/--no-stop-at-eos",
                                                help="End at end of text (default on)."),
     chat: bool = typer.Option(False, "--chat", help="Send PROMPT as a user message through the model's chat template."),
@@ -77,7 +84,9 @@ def generate(
     options = dict(max_new_tokens=max_new_tokens, steps=steps, block_length=block_length, temperature=temperature,
                    top_k=top_k, top_p=top_p, seed=seed, commit=commit, threshold=threshold, factor=factor,
                    entropy_bound=entropy_bound, score=score, schedule=schedule, score_tempered=score_tempered,
-                   cache=cache, refresh=refresh, window=window, early_stop=early_stop, stop_at_eos=stop_at_eos)
+                   cache=cache, refresh=refresh, window=window, early_stop=early_stop, stop_at_eos=stop_at_eos,
+                   correct=correct, remask_share=remask_share, edit_threshold=edit_threshold,
+                   edit_passes=edit_passes)
     # Check the options before anything is loaded or drawn, so a bad option prints only its error.
     resolve_policy(preset, base=None if preset else DecodePolicy(), **options)
     from ..device import resolve_device

@@ -99,6 +99,10 @@ class Request:
     stops: tuple[str, ...] = ()
     suffix: list[int] | None = None  # fill-in-the-middle: decode between prompt and suffix
     drafts: bool = False  # send Draft events
+    # A job the backend runs in place of ``generate_ids`` (structured output, edits, correction): called
+    # on the worker thread as ``run(policy, on_step)``; returns a one-row ``TextResult`` whose
+    # ``texts[0]`` is the final text.  Served one at a time; the engine knows nothing of what it does.
+    run: Callable | None = None
     sink: Callable[[Event], None] = lambda event: None
     id: int = 0
     cancelled: bool = False  # set by ``Engine.cancel`` from any thread; seen at the next step

@@ -117,6 +117,11 @@ FIELD_HELP: dict[str, str] = {
     "refresh": "How a cached block starts: full or incremental.",
     "window": "Masked positions after the block the model sees (default: all).",
     "early_stop": "Stop as soon as end of text is final (no pass on trailing padding).",
+    "correct": "Diffusion: correction while refining: none, remask, edit or both (docs/control.md).",
+    "remask_share": "Remasking: most of a block's committed tokens one step may reopen (0 to 1).",
+    "edit_threshold": "Token editing: replace a committed token when the model's best token differs with "
+                      "more than this probability.",
+    "edit_passes": "Token editing: most extra forward passes per block.",
 }
 
 # -- settings ----------------------------------------------------------------------------------------

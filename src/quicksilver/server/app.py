@@ -1,7 +1,8 @@
 """The OpenAI-compatible HTTP server (FastAPI) over the engine.
 
 Routes: ``GET /v1/models``, ``POST /v1/completions`` (``suffix`` = fill in the middle),
-``POST /v1/chat/completions``, ``GET /health`` (503 until the model is loaded), ``GET /metrics``
+``POST /v1/chat/completions`` (both with ``response_format``; chat with ``tools``), ``POST /v1/edits``
+(docs/control.md), ``GET /health`` (503 until the model is loaded), ``GET /metrics``
 (Prometheus text), ``GET /version``, ``GET /`` (the playground page) and ``/static/*``.
 The streaming contract (SSE chunks, draft frames, stats) is in docs/serving.md.
 """
@@ -36,10 +37,12 @@ from ..sampling.policy import resolve_policy
 from ..sampling.types import GenerationError
 from .errors import APIError, api_error_handler, error_body, http_handler, unexpected_handler, validation_handler
 from .guard import RequestGuard
+from . import control
 from .logprobs import completion_ids, logprobs_object
 from .metrics import Histogram, render_metrics
 from .prompts import prompt_ids, split_prompts
-from .schemas import MAX_LOGPROBS, MAX_STOP_CHARS, MAX_STOPS, POLICY_FIELDS, ChatRequest, CompletionRequest, Decoding
+from .schemas import (MAX_LOGPROBS, MAX_STOP_CHARS, MAX_STOPS, POLICY_FIELDS, ChatRequest, CompletionRequest, Decoding,
+                      EditRequest)
 from .tokenize_routes import add_tokenizer_routes
 
 STATIC = Path(__file__).parent / "static"
@@ -192,7 +195,13 @@ def create_app(settings: ServerSettings | None = None, backend: Backend | None =
         plan = await asyncio.to_thread(_completion_plan, body, backend_, not settings.special_tokens_in_text)
         if plan.score_only:  # max_tokens 0 with echo: the prompts, scored when asked, nothing generated
             return await asyncio.to_thread(_echo_only, plan, body, backend_)
-        jobs = [_job(body, ids, plan.suffix, backend_, settings) for ids in plan.ids]
+        if control.response_schema(body.response_format) is not None:
+            if plan.suffix is not None:
+                raise APIError(400, "suffix cannot be combined with response_format", "suffix")
+            jobs = [await control.structured_job(body, ids, backend_) for ids in plan.ids]
+        else:
+            jobs = [control.corrected_job(body, ids, plan.suffix, _job(body, ids, plan.suffix, backend_, settings),
+                                          backend_) for ids in plan.ids]
         finalize = None
         if body.echo or plan.top is not None:
             def finalize(result: dict, finished: dict) -> None:
@@ -212,6 +221,11 @@ def create_app(settings: ServerSettings | None = None, backend: Backend | None =
             raise APIError(400, "logprobs are not supported on chat completions; /v1/completions reports them "
                                 "for autoregressive models", "logprobs")
         messages = [m.model_dump() for m in body.messages]
+        tools = control.chosen_tools(body)
+        if tools is not None:
+            if body.stream:
+                raise APIError(400, "stream is not supported with tools; call without stream", "stream")
+            messages = control.tool_messages(messages, tools)
         _refuse_far_too_long(backend_, "".join(_message_text(m) for m in messages))
         try:
             ids = await asyncio.to_thread(chat_ids, backend_, messages, not settings.special_tokens_in_text)
@@ -221,8 +235,27 @@ def create_app(settings: ServerSettings | None = None, backend: Backend | None =
             raise APIError(400, "the messages render to an empty prompt", "messages")
         if body.max_tokens == 0:
             raise APIError(400, "max_tokens must be at least 1", "max_tokens")
-        job = _job(body, ids, None, backend_, settings)
+        if tools is not None:
+            job = await control.tool_job(body, ids, backend_, tools)
+            response = await _serve(request, engine, [job], body, backend_.name, chat=True)
+            return control.as_tool_call(response) if isinstance(response, dict) else response
+        if control.response_schema(body.response_format) is not None:
+            job = await control.structured_job(body, ids, backend_)
+        else:
+            job = control.corrected_job(body, ids, None, _job(body, ids, None, backend_, settings), backend_)
         return await _serve(request, engine, [job], body, backend_.name, chat=True)
+
+    @app.post("/v1/edits")
+    async def edits(body: EditRequest, request: Request):
+        """Regenerate spans of ``input`` (docs/control.md); the answer has the completion shape."""
+        backend_, engine = state.ready()
+        _check_common(body, backend_, settings)
+        _refuse_far_too_long(backend_, body.input + (body.instruction or ""))
+        job = control.edit_job(body, backend_, not settings.special_tokens_in_text)
+        response = await _serve(request, engine, [job], body, backend_.name, chat=False)
+        if isinstance(response, dict):
+            response["object"] = "edit"
+        return response
 
     return app
 

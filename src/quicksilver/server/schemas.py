@@ -61,6 +61,21 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class JsonSchemaSpec(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    name: str | None = Field(None, max_length=64)
+    description: str | None = None
+    schema_: dict | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """``{"type": "json_schema", "json_schema": {"name", "schema"}}``, ``{"type": "json_object"}`` or text."""
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaSpec | None = None
+
+
 class OpenAIFields(BaseModel):
     """Fields shared by both routes that OpenAI defines."""
     model_config = ConfigDict(extra="ignore", strict=True)
@@ -91,6 +106,7 @@ class OpenAIFields(BaseModel):
                                                                 "'dual-inc+thr0.7' (docs/serving.md); the "
                                                                 "fields below apply over it.")
     diffusing: bool = Field(False, description="With stream: also send whole-draft snapshots (the draft field).")
+    response_format: ResponseFormat | None = Field(None, description="Structured output (docs/control.md).")
 
 
 # Every other ``DecodePolicy`` field is a request field of the same name and type (optional: the
@@ -129,8 +145,40 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
     role: Literal["system", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
+    tool_calls: list[dict] | None = None  # an assistant turn that called tools (sent back by clients)
+    tool_call_id: str | None = None
+
+
+class ToolFunction(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str = Field(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = Field(None, max_length=4096)
+    parameters: dict | None = None
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["function"]
+    function: ToolFunction
 
 
 class ChatRequest(Decoding):
     messages: list[ChatMessage] = Field(..., min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1, le=2**31 - 1)
+    tools: list[Tool] | None = Field(None, max_length=64)
+    tool_choice: str | dict | None = Field(None, description='"none", "auto", "required" or a named function.')
+
+
+class EditSpan(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    start: int = Field(..., ge=0)
+    end: int = Field(..., ge=0)
+    max_tokens: int = Field(16, ge=1, le=4096)
+
+
+class EditRequest(Decoding):
+    """``/v1/edits``: regenerate ``spans`` of ``input`` (or its ``<|mask|>`` placeholders)."""
+    input: str = Field(..., max_length=200_000)
+    spans: list[EditSpan] | None = Field(None, max_length=64)
+    instruction: str | None = Field(None, max_length=20_000)
