@@ -80,8 +80,8 @@ class TrainConfig:
     sft_data: str = ""
 
     def __post_init__(self) -> None:
-        if self.objective not in ("diffusion", "ar", "sft"):
-            raise ConfigError("train.objective must be 'diffusion', 'ar' or 'sft'")
+        if self.objective not in ("diffusion", "ar", "sft", "drafter"):
+            raise ConfigError("train.objective must be 'diffusion', 'ar', 'sft' or 'drafter'")
         if self.distributed not in ("ddp", "fsdp"):
             raise ConfigError("train.distributed must be 'ddp' or 'fsdp'")
         if self.objective == "sft" and not self.sft_data:
@@ -136,7 +136,7 @@ def load_run_config(path: str | Path, overrides: dict | None = None) -> RunConfi
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path} is not valid TOML ({e})") from None
-    unknown = sorted(set(raw) - {"model", "train"})
+    unknown = sorted(set(raw) - {"model", "train", "drafter"})  # [drafter]: objective "drafter" (train_drafter.py)
     if unknown:
         raise ConfigError(f"unknown section{'s' if len(unknown) > 1 else ''} in {path}: {', '.join(unknown)}")
     for key, value in (overrides or {}).items():
@@ -331,6 +331,9 @@ def run_model_config(cfg: TrainConfig, mcfg: ModelConfig, tokenizer: Tokenizer) 
 def train(run: RunConfig, resume: bool = False, progress: bool = True, log=print) -> dict:
     """Train ``run``; under torchrun every rank calls this and trains its slice of each batch."""
     cfg = run.train
+    if cfg.objective == "drafter":  # a draft head on a frozen target: its own small loop, one process
+        from .train_drafter import train_drafter
+        return train_drafter(run, resume, progress, log)
     info, device = dist_setup(cfg.distributed, cfg.device)
     try:
         return _train(run, info, device, resume, progress, log if info.is_main else (lambda *a, **k: None))
