@@ -27,6 +27,9 @@ class LM:
 
     # The chat template; Quicksilver's own models carry none and use ``chat.DEFAULT_CHAT_TEMPLATE``.
     chat_template: str | None = None
+    # A draft head for verified decoding (``quicksilver.drafter``), loaded from ``<folder>/drafter/``
+    # of a causal model when it ships one (the bundled twin does).
+    drafter: object | None = None
 
     @property
     def is_diffusion(self) -> bool:
@@ -63,6 +66,8 @@ class LM:
             return preset_policy(family)
         if self.is_diffusion:
             return DecodePolicy(block_length=32, commit="threshold", threshold=0.9, early_stop=True)
+        if self.drafter is not None:  # same output as plain AR (greedy) or same distribution, sooner
+            return DecodePolicy(decoding="verified")
         return DecodePolicy()
 
     def encode(self, text: str) -> list[int]:
@@ -81,7 +86,7 @@ class LM:
 
     def generate_ids(self, prompts: list[list[int]], policy: DecodePolicy,
                      on_step: Callable[[StepEvent], None] | None = None) -> GenerationResult:
-        result = generate(self.model, prompts, policy, on_step=on_step)
+        result = generate(self.model, prompts, policy, on_step=on_step, drafter=self.drafter)
         result.texts = [self.tokenizer.decode(row) for row in result.ids]
         return result
 
@@ -126,7 +131,8 @@ class LM:
         """Complete one prompt (or a list of prompts, decoded as one batch).
 
         ``decoding`` takes any other ``DecodePolicy`` field, e.g. ``commit="threshold"``,
-        ``threshold=0.9``, ``cache="dual"``.
+        ``threshold=0.9``, ``cache="dual"``, or ``decoding="verified"`` (with ``draft_length``) for a
+        causal model with a draft head: the head drafts, the model keeps what it would write itself.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         known = {f.name for f in dataclasses.fields(DecodePolicy)}
@@ -137,7 +143,7 @@ class LM:
                               temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                               stop_at_eos=stop_at_eos, **decoding)
         ids = [self.encode_prompt(p) for p in prompts]
-        result = generate(self.model, ids, policy, on_step=on_step)
+        result = generate(self.model, ids, policy, on_step=on_step, drafter=self.drafter)
         result.texts = [self.tokenizer.decode(row) for row in result.ids]
         return result
 
@@ -155,7 +161,14 @@ def load(name_or_path: str | os.PathLike = "coder-tiny", device: str | None = No
         from .families.diffusion_gemma import DiffusionGemmaBackend
         return DiffusionGemmaBackend.from_folder(folder, name=str(name_or_path), device=device, dtype=dtype)
     model, tokenizer = load_model(folder, device=device, dtype=dtype, progress=progress)
-    return LM(model, tokenizer, str(name_or_path))
+    return LM(model, tokenizer, str(name_or_path), drafter=_drafter_for(folder, model))
+
+
+def _drafter_for(folder, model):
+    """The draft head shipped in ``folder/drafter/`` for a causal model, or None."""
+    from .drafter import find_drafter, load_drafter
+    found = find_drafter(folder) if model.config.causal else None
+    return load_drafter(found, model) if found is not None else None
 
 
 def load_backend(name_or_path: str | os.PathLike = "coder-tiny", device: str | None = None,
@@ -174,4 +187,4 @@ def load_backend(name_or_path: str | os.PathLike = "coder-tiny", device: str | N
     if family == "quicksilver" and dtype is None:
         dtype = torch.float32
     model, tokenizer = load_model(folder, device=device, dtype=dtype, progress=progress)
-    return LM(model, tokenizer, str(name_or_path))
+    return LM(model, tokenizer, str(name_or_path), drafter=_drafter_for(folder, model))

@@ -11,6 +11,7 @@ SCORES = ("probability", "margin", "entropy")
 SCHEDULES = ("linear", "dream")
 CACHE_MODES = ("none", "prefix", "dual")
 REFRESH_MODES = ("full", "incremental")
+DECODINGS = ("auto", "verified")
 
 
 class GenerationError(ValueError):
@@ -59,6 +60,12 @@ class DecodePolicy:
     # Stop a row as soon as end of text is committed and every position before it is, instead of at
     # the end of that block; the rest of its canvas is dropped, never decoded.  Outputs are unchanged.
     early_stop: bool = False
+    # -- verified decoding (sampling/verified.py) --------------------------------------------------
+    # "auto": the model's own sampler (block diffusion, or AR for a causal model); "verified": a draft
+    # head proposes ``draft_length`` tokens per round and the causal model keeps exactly what it would
+    # have written itself (greedy: token for token; sampling: the same distribution).
+    decoding: str = "auto"
+    draft_length: int = 8
 
     def validate(self) -> None:
         if self.max_new_tokens <= 0:
@@ -83,6 +90,10 @@ class DecodePolicy:
             raise GenerationError(f"refresh must be one of {', '.join(REFRESH_MODES)}, got '{self.refresh}'")
         if self.window is not None and self.window < 0:
             raise GenerationError("window must be zero or positive (or None for the whole canvas)")
+        if self.decoding not in DECODINGS:
+            raise GenerationError(f"decoding must be one of {', '.join(DECODINGS)}, got '{self.decoding}'")
+        if self.draft_length <= 0:
+            raise GenerationError("draft_length must be a positive integer")
         if self.factor <= 0:
             raise GenerationError("factor must be positive")
         if self.entropy_bound < 0:
@@ -90,6 +101,8 @@ class DecodePolicy:
 
     def describe(self) -> str:
         """A short label of the decoding setting, e.g. 'dual · threshold 0.9 (probability)'."""
+        if self.decoding == "verified":
+            return f"verified · draft {self.draft_length}"
         rule = {"fixed": f"fixed {self.steps or 'one/token'} steps", "threshold": f"threshold {self.threshold:g}",
                 "factor": f"factor {self.factor:g}", "entropy": f"entropy ≤ {self.entropy_bound:g}"}[self.commit]
         if self.commit != "fixed" and self.score != "probability":
@@ -107,6 +120,9 @@ class StepEvent:
     canvas: torch.Tensor  # (B, gen_len) token ids, mask id at positions not yet committed
     committed: torch.Tensor  # (B, gen_len) bool: positions committed by this step
     mask_id: int
+    # Verified decoding: this round's drafts where they were proposed (mask id elsewhere); ``canvas``
+    # holds only what was accepted.
+    draft: torch.Tensor | None = None
 
 
 @dataclass
@@ -122,6 +138,8 @@ class GenerationResult:
     first_token_seconds: float | None = None
     # Sum over forward passes of the rows they ran (finished rows leave the batch): row-forwards.
     row_forwards: int = 0
+    # Verified decoding: per-round acceptance and draft/verify time (``sampling.verified.RoundStats``).
+    verified: object | None = None
 
     @property
     def tokens_per_forward(self) -> float:
