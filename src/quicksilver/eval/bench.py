@@ -6,7 +6,11 @@ One run measures, on the same prompts and the same machine:
   each cache mode, each commit rule at a few thresholds);
 * the AR twin with its KV cache (``sampling.ar``);
 * optionally Hugging Face transformers' ``generate()`` on the twin's weights exported to a
-  ``LlamaForCausalLM`` (``export_hf``), as an outside baseline.
+  ``LlamaForCausalLM`` (``export_hf``), as an outside baseline;
+* verified decoding (``sampling.verified``): the twin's draft head drafts ``k`` tokens per round and
+  the twin keeps exactly its own greedy choices (``VERIFIED_SYSTEMS``); these rows also report tokens
+  accepted per round (mean and histogram), ms per round split into draft and verify, and the share of
+  outputs identical to the twin's greedy output in the timed dtype and in float32.
 
 Per system and batch size it reports generated tokens/s (median over repeats after warm-up), NFE
 (forward passes per ``generate`` call), tokens per forward (generated tokens per row and pass), time
@@ -93,6 +97,9 @@ DEFAULT_SETTINGS = ("reference", "prefix", "dual", "none+thr0.9", "prefix+thr0.9
 # slow; they are timed ``slow_repeats`` times, run last, and their warm-up is the runs before them.
 SLOW_SETTINGS = ("reference", "prefix", "dual", "none+thr0.9", "prefix+thr0.9")
 AR_SYSTEMS = ("ar-twin", "hf-llama")
+# Verified decoding on the AR twin with its draft head: name -> tokens drafted per round.
+VERIFIED_SYSTEMS = {"verified-k4": 4, "verified-k6": 6, "verified-k8": 8, "verified-k11": 11}
+DEFAULT_VERIFIED = ("verified-k4", "verified-k6", "verified-k8")
 
 
 def make_policy(fields: dict, max_new_tokens: int, block_length: int) -> DecodePolicy:
@@ -125,6 +132,8 @@ class BenchConfig:
     checkpoint_systems: Sequence[str] = ("dual+thr0.9", "dual-inc+thr0.3")
     out_dir: str = "benchmarks/results"
     prompts: Sequence[str] | None = None  # explicit prompts instead of HumanEval
+    drafter: str | None = None  # draft head folder for the verified systems (default: the AR model's own)
+    drafter_checkpoints: Sequence[str] = ()  # draft head checkpoints: acceptance against training tokens
 
 
 @dataclass
@@ -147,6 +156,12 @@ class Row:
     same_body_share: float | None
     completions: list[str] = field(default_factory=list, repr=False)
     ids: list[list[int]] = field(default_factory=list, repr=False)
+    # -- verified decoding only --------------------------------------------------------------------------
+    accepted_mean: float | None = None  # drafts accepted per round (the round also emits one bonus token)
+    accepted_histogram: list[int] | None = None  # row-rounds that accepted 0, 1, ..., k drafts
+    draft_ms_per_round: float | None = None
+    verify_ms_per_round: float | None = None
+    identical_share_fp32: float | None = None  # identical to the twin's greedy output, both in float32
 
 
 # -- prompts and quality proxies --------------------------------------------------------------------
@@ -189,6 +204,42 @@ class CallStats:
     nfe: int
     row_forwards: int
     first_token_seconds: float
+    verified: object | None = None  # sampling.verified.RoundStats of a verified call
+
+
+def verified_runner(model, drafter, max_new_tokens: int, draft_length: int) -> Callable[[list[list[int]]], CallStats]:
+    policy = DecodePolicy(max_new_tokens=max_new_tokens, decoding="verified", draft_length=draft_length)
+
+    def run(prompts: list[list[int]]) -> CallStats:
+        r = generate(model, prompts, policy, drafter=drafter)
+        return CallStats(r.ids, r.nfe, r.row_forwards, r.first_token_seconds or r.seconds, r.verified)
+    return run
+
+
+def load_drafter_for(model, ar_name: str, drafter: str | None):
+    """The draft head for the verified systems: ``drafter`` (a folder) or the one the AR model ships."""
+    from ..checkpoint import resolve_model_path
+    from ..drafter import find_drafter, load_drafter
+    folder = Path(drafter) if drafter else find_drafter(resolve_model_path(ar_name))
+    if folder is None:
+        raise RuntimeError(f"{ar_name} ships no draft head (drafter/); pass --drafter FOLDER for the verified systems")
+    return load_drafter(folder, model)
+
+
+def verified_fields(calls: list[CallStats]) -> dict:
+    """Acceptance and per-round timing summed over the calls of one repeat."""
+    stats = [c.verified for c in calls if c.verified is not None]
+    if not stats:
+        return {}
+    accepted = [a for s in stats for a in s.accepted]
+    k = stats[0].draft_length
+    hist = [0] * (k + 1)
+    for a in accepted:
+        hist[a] += 1
+    rounds = sum(s.rounds for s in stats)
+    return {"accepted_mean": sum(accepted) / max(1, len(accepted)), "accepted_histogram": hist,
+            "draft_ms_per_round": 1000 * sum(s.draft_seconds for s in stats) / max(1, rounds),
+            "verify_ms_per_round": 1000 * sum(s.verify_seconds for s in stats) / max(1, rounds)}
 
 
 def diffusion_runner(model, policy: DecodePolicy) -> Callable[[list[list[int]]], CallStats]:
@@ -304,7 +355,7 @@ def _summarise(system, model_name, batch, dtype, setting, seconds, calls, prompt
         ident = sum(a == b for a, b in zip(ids, reference["ids"])) / len(ids)
         body = sum(truncate_completion(a) == truncate_completion(b)
                    for a, b in zip(texts, reference["texts"])) / len(ids)
-    return Row(system=system, model=model_name, batch=batch, dtype=dtype, setting=setting,
+    return Row(**verified_fields(calls), system=system, model=model_name, batch=batch, dtype=dtype, setting=setting,
                tokens_per_second=tokens / max(med, 1e-9), seconds=med, seconds_all=seconds,
                generated_tokens=tokens, nfe_per_call=sum(c.nfe for c in calls) / len(calls),
                ms_per_forward=1000 * med / max(1, sum(c.nfe for c in calls)),
@@ -318,8 +369,8 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     prompts = list(cfg.prompts) if cfg.prompts is not None else humaneval_prompts(cfg.num_prompts)
-    wanted = set(cfg.systems) if cfg.systems else set(DEFAULT_SETTINGS) | set(AR_SYSTEMS)
-    unknown = wanted - set(DIFFUSION_SETTINGS) - set(AR_SYSTEMS)
+    wanted = set(cfg.systems) if cfg.systems else set(DEFAULT_SETTINGS) | set(AR_SYSTEMS) | set(DEFAULT_VERIFIED)
+    unknown = wanted - set(DIFFUSION_SETTINGS) - set(AR_SYSTEMS) - set(VERIFIED_SYSTEMS)
     if unknown:
         raise ValueError(f"unknown systems: {', '.join(sorted(unknown))}")
     if not cfg.hf:
@@ -334,6 +385,9 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
                 for name, (kw, _) in DIFFUSION_SETTINGS.items()}
     diffusion_names = [n for n in DIFFUSION_SETTINGS if n in wanted]
     ar_names = [n for n in AR_SYSTEMS if n in wanted]
+    verified_names = [n for n in VERIFIED_SYSTEMS if n in wanted]
+    if verified_names and "ar-twin" not in ar_names:
+        ar_names.insert(0, "ar-twin")  # the verified systems are measured against the twin's own greedy output
 
     _, tokenizer = _load(cfg.diffusion_model if diffusion_names else cfg.ar_model, cfg.device, torch.float32)
     prompt_ids = [tokenizer.encode(p) for p in prompts]
@@ -354,6 +408,7 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         models["diffusion"] = _load(cfg.diffusion_model, cfg.device, torch_dtype[dtypes["diffusion"]])[0]
     if ar_names:
         models["ar"] = _load(cfg.ar_model, cfg.device, torch_dtype[dtypes["ar"]])[0]
+    drafter = load_drafter_for(models["ar"], cfg.ar_model, cfg.drafter) if verified_names else None
 
     rows: list[Row] = []
     references: dict[str, dict] = {}
@@ -362,6 +417,11 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         for n in ar_names:
             runner = (ar_runner if n == "ar-twin" else hf_runner)(models["ar"], cfg.max_new_tokens)
             plan.append((n, cfg.ar_model, "ar", "KV cache, greedy", runner))
+            if n == "ar-twin":  # interleaved with the twin: the same load on the machine for the ratio
+                for v in verified_names:
+                    k = VERIFIED_SYSTEMS[v]
+                    plan.append((v, cfg.ar_model, "ar", f"verified · draft {k} · greedy",
+                                 verified_runner(models["ar"], drafter, cfg.max_new_tokens, k)))
         for n in sorted(diffusion_names, key=lambda n: n in SLOW_SETTINGS):
             if batch > 1 and not cfg.systems and not DIFFUSION_SETTINGS[n][1]:
                 continue  # by default, batches > 1 run only the settings marked for it (the fastest)
@@ -379,7 +439,7 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
             log("  " + format_row(row, rows))
     # Identity with the reference of each model (the first batch size's reference or AR twin run).
     for row in rows:
-        ref = references.get("ar" if row.system in AR_SYSTEMS else "diffusion")
+        ref = references.get("ar" if row.system in AR_SYSTEMS or row.system in VERIFIED_SYSTEMS else "diffusion")
         if ref is not None:
             row.identical_share = sum(a == b for a, b in zip(row.ids, ref.ids)) / len(row.ids)
             row.same_body_share = sum(truncate_completion(a) == truncate_completion(b)
@@ -396,12 +456,82 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         "completions": {f"{r.system}@{r.batch}": r.completions for r in rows},
     }
     result["target"] = target_summary(result["results"])
+    if verified_names:
+        fp32 = identical_in_fp32(cfg, verified_names, prompt_ids, dtypes["ar"], rows, log)
+        for r in result["results"]:
+            if r["system"] in fp32:
+                r["identical_share_fp32"] = fp32[r["system"]]
+        result["verified_target"] = verified_target(result["results"])
+    if cfg.drafter_checkpoints:
+        result["drafter_checkpoints"] = drafter_sweep(cfg, prompt_ids, log)
     if cfg.profile and models:
         result["profile"] = profile_systems(models, settings, prompt_ids, cfg, log)
     if cfg.checkpoints:
         result["checkpoints"] = checkpoint_sweep(cfg, settings, prompts, prompt_ids, dtypes.get("diffusion", "fp32"),
                                                  log)
     return result
+
+
+# -- verified decoding: float32 identity, the target, acceptance by training progress --------------------
+def identical_in_fp32(cfg: BenchConfig, names: list[str], prompt_ids, timed_dtype: str, rows: list[Row],
+                      log) -> dict[str, float]:
+    """Per verified system, the share of outputs identical to the twin's greedy output, both in float32
+    at batch 1 (the timed rows already say it for the timed dtype; in float32 they are the same runs)."""
+    if timed_dtype == "fp32":
+        return {r.system: r.identical_share for r in rows if r.system in names and r.batch == cfg.batch_sizes[0]}
+    model = _load(cfg.ar_model, cfg.device, torch.float32)[0]
+    head = load_drafter_for(model, cfg.ar_model, cfg.drafter)
+    reference = [ar_runner(model, cfg.max_new_tokens)([p]).ids[0] for p in prompt_ids]
+    out = {}
+    for name in names:
+        run = verified_runner(model, head, cfg.max_new_tokens, VERIFIED_SYSTEMS[name])
+        ids = [run([p]).ids[0] for p in prompt_ids]
+        out[name] = sum(a == b for a, b in zip(ids, reference)) / len(ids)
+        log(f"{name}: identical to the twin's greedy output in fp32: {out[name]:.0%}")
+    return out
+
+
+def verified_target(results: list[dict], speedup: float = 2.5) -> dict | None:
+    """Batch 1: the fastest verified system against the twin, whether it is >= ``speedup`` times the
+    twin's tokens/s with 100% identical output, and the tokens per round it would need at its costs."""
+    rows = [r for r in results if r["batch"] == 1]
+    ar = next((r for r in rows if r["system"] == "ar-twin"), None)
+    ver = [r for r in rows if r["system"] in VERIFIED_SYSTEMS]
+    if ar is None or not ver:
+        return None
+    best = max(ver, key=lambda r: r["tokens_per_second"])
+    ar_ms_per_token = 1000 / ar["tokens_per_second"]
+    needed = {}
+    for r in ver:  # tokens a round must emit for the target at its measured cost per round
+        needed[r["system"]] = speedup * (r["draft_ms_per_round"] + r["verify_ms_per_round"]) / ar_ms_per_token
+    speed = best["tokens_per_second"] / ar["tokens_per_second"]
+    identical = best["identical_share"] if best["identical_share"] is not None else 0.0
+    return {"best": best["system"], "speedup": speed, "identical_share": identical,
+            "identical_share_fp32": best.get("identical_share_fp32"),
+            "met": bool(speed >= speedup and identical >= 1.0 and (best.get("identical_share_fp32") or 0) >= 1.0),
+            "tokens_per_round_needed": needed}
+
+
+def drafter_sweep(cfg: BenchConfig, prompt_ids, log) -> list[dict]:
+    """Acceptance of draft head checkpoints at batch 1 (float32, greedy, draft length 8): tokens
+    accepted per round against the head's training tokens (its config.json says how many)."""
+    from ..config import read_json_object
+    from ..drafter import load_drafter
+    model = _load(cfg.ar_model, cfg.device, torch.float32)[0]
+    out = []
+    for path in cfg.drafter_checkpoints:
+        head = load_drafter(path, model)
+        k = min(8, head.spec.block_size - 1)
+        seconds, calls = measure(verified_runner(model, head, cfg.max_new_tokens, k), prompt_ids, 1, 1, 0)
+        fields = verified_fields(calls)
+        meta = read_json_object(Path(path) / "config.json")
+        tokens = sum(len(r) for c in calls for r in c.ids)
+        out.append({"checkpoint": str(path), "step": meta.get("step"), "training_tokens": meta.get("tokens"),
+                    "draft_length": k, "accepted_mean": fields["accepted_mean"],
+                    "accepted_histogram": fields["accepted_histogram"], "tokens_per_second": tokens / sum(seconds)})
+        log(f"drafter {path} (step {meta.get('step')}, {meta.get('tokens')} tokens): "
+            f"{fields['accepted_mean']:.2f} of {k} drafts accepted per round")
+    return out
 
 
 # -- profile and checkpoints -----------------------------------------------------------------------------
@@ -483,7 +613,7 @@ def target_summary(results: list[dict], speedup: float = 3.0, parse_gap: float =
     for ``speedup`` at its own cost per forward pass."""
     rows = [r for r in results if r["batch"] == 1]
     ar = next((r for r in rows if r["system"] == "ar-twin"), None)
-    diffusion = [r for r in rows if r["system"] not in AR_SYSTEMS]
+    diffusion = [r for r in rows if r["system"] not in AR_SYSTEMS and r["system"] not in VERIFIED_SYSTEMS]
     if ar is None or not diffusion:
         return None
     ar_ms_per_token = 1000 / ar["tokens_per_second"]
@@ -503,10 +633,11 @@ def target_summary(results: list[dict], speedup: float = 3.0, parse_gap: float =
 
 
 def target_lines(result: dict) -> list[str]:
+    lines = verified_lines(result)
     t = result.get("target")
     if not t:
-        return []
-    lines = [f"AR twin: {t['ar_tokens_per_second']:.0f} tokens/s, parse {_pct(t['ar_parse_share'])}."]
+        return lines
+    lines += [f"AR twin: {t['ar_tokens_per_second']:.0f} tokens/s, parse {_pct(t['ar_parse_share'])}."]
     if t["best_eligible"]:
         lines.append(f"Fastest diffusion setting within 5 points of the twin's parse rate: {t['best_eligible']} at "
                      f"{t['best_eligible_speedup']:.2f}× the twin's tokens/s (target 3×: "
@@ -518,6 +649,23 @@ def target_lines(result: dict) -> list[str]:
     if t["ar_parse_share"] <= 0.05:
         lines.append(f"Caveat: the twin's parse rate is {_pct(t['ar_parse_share'])}, so the 5-point quality gate admits "
                      "every setting and cannot tell good decoding from bad: a 'met' here is not a real pass.")
+    return lines
+
+
+def verified_lines(result: dict) -> list[str]:
+    t = result.get("verified_target")
+    if not t:
+        return []
+    lines = [f"Verified decoding: fastest {t['best']} at {t['speedup']:.2f}× the twin's tokens/s, identical to the "
+             f"twin's greedy output {_pct(t['identical_share'])} (fp32 {_pct(t['identical_share_fp32'])}) "
+             f"(target 2.5× with 100% identical: {'met' if t['met'] else 'not met'})."]
+    for r in result["results"]:
+        if r["system"] in VERIFIED_SYSTEMS and r.get("accepted_mean") is not None:
+            lines.append(f"  {r['system']}@{r['batch']}: {r['accepted_mean']:.2f} drafts accepted per round "
+                         f"(histogram {r['accepted_histogram']}), {r['draft_ms_per_round']:.1f} ms draft + "
+                         f"{r['verify_ms_per_round']:.1f} ms verify per round"
+                         + (f"; 2.5× needs {t['tokens_per_round_needed'][r['system']]:.1f} tokens per round"
+                            if r["batch"] == 1 else ""))
     return lines
 
 
@@ -592,7 +740,8 @@ def plot(result: dict, path: Path) -> Path:
     for batch, marker in zip(batches, "os^vD<>p*"):
         pts = [r for r in result["results"] if r["batch"] == batch]
         for r in pts:
-            colour = "tab:red" if r["system"] in AR_SYSTEMS else "tab:blue"
+            colour = ("tab:red" if r["system"] in AR_SYSTEMS else
+                      "tab:green" if r["system"] in VERIFIED_SYSTEMS else "tab:blue")
             ax.scatter(r["tokens_per_second"], 100 * r["parse_share"], marker=marker, color=colour,
                        alpha=0.8, label=f"batch {batch}" if r is pts[0] else None)
             ax.annotate(f"{r['system']}@{batch}", (r["tokens_per_second"], 100 * r["parse_share"]),
@@ -610,6 +759,6 @@ def plot(result: dict, path: Path) -> Path:
     return path
 
 
-__all__ = ["BenchConfig", "DIFFUSION_SETTINGS", "DEFAULT_SETTINGS", "AR_SYSTEMS", "make_policy", "run_benchmark",
+__all__ = ["BenchConfig", "DIFFUSION_SETTINGS", "DEFAULT_SETTINGS", "AR_SYSTEMS", "VERIFIED_SYSTEMS", "make_policy", "run_benchmark",
            "write_outputs",
            "markdown_table", "humaneval_prompts", "parses", "truncate_completion"]

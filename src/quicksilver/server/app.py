@@ -250,13 +250,21 @@ def _job(body: Decoding, ids: list[int], suffix: list[int] | None, backend: Back
             policy.threshold = body.threshold
         if body.cache is not None:
             policy.cache = body.cache
+    if body.decoding is not None:
+        policy.decoding = body.decoding
+    if body.draft_length is not None:
+        policy.draft_length = body.draft_length
+    if policy.decoding == "verified" and getattr(backend, "drafter", None) is None:
+        raise APIError(400, f"verified decoding needs an AR model with a draft head; '{backend.name}' has none",
+                       "decoding")
     try:
         policy.validate()
     except GenerationError as e:
         raise APIError(400, str(e)) from None
     stops = tuple([body.stop] if isinstance(body.stop, str) else (body.stop or []))
     return EngineRequest(ids, policy, n=body.n, stops=stops, suffix=suffix,
-                         drafts=bool(body.diffusing and body.stream and backend.is_diffusion))
+                         drafts=bool(body.diffusing and body.stream
+                                     and (backend.is_diffusion or policy.decoding == "verified")))
 
 
 async def _serve(request: Request, engine: Engine, job: EngineRequest, body: Decoding, model: str, chat: bool):
@@ -371,6 +379,8 @@ async def _sse(engine: Engine, job: EngineRequest, events: asyncio.Queue, ident:
                     frame = chunk(event.index)
                     frame["draft"] = {"index": event.index, "step": event.step, "block": event.block,
                                       "tokens": event.tokens}
+                    if event.proposed is not None:  # verified decoding: this round's drafts, where proposed
+                        frame["draft"]["proposed"] = event.proposed
                     yield _frame(frame)
             elif isinstance(event, Finished):
                 frame = chunk(event.index, finish=event.finish_reason)

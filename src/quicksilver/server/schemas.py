@@ -40,6 +40,11 @@ class Decoding(BaseModel):
     threshold: float | None = Field(None, gt=0.0, le=1.0, description="Commit threshold of the threshold rule.")
     cache: Literal["none", "prefix", "dual"] | None = None
     diffusing: bool = Field(False, description="With stream: also send whole-draft snapshots (the draft field).")
+    # -- verified decoding (an AR model with a draft head) --------------------------------------------
+    decoding: Literal["auto", "verified"] | None = Field(
+        None, description="'verified': a draft head proposes blocks and the model keeps exactly its own choices "
+                          "(the default for a model that ships a draft head); 'auto': the model's plain sampler.")
+    draft_length: int | None = Field(None, ge=1, le=64, description="Verified decoding: tokens drafted per round.")
 
 
 class CompletionRequest(Decoding):
