@@ -230,3 +230,38 @@ def test_refusals_are_generation_errors(pair):
     diffusion = tiny_model(0, vocab_size=VOCAB)
     with pytest.raises(GenerationError, match="causal"):
         generate(diffusion, [[7]], DecodePolicy(decoding="verified"), drafter=head)
+
+
+def test_bench_reports_verified_systems(tmp_path, tiny_tokenizer):
+    """``quicksilver bench`` with verified systems on a tiny twin: identical to the twin's greedy output,
+    acceptance histogram, draft/verify split, and the drafter checkpoint sweep."""
+    from conftest import tiny_config
+    from quicksilver.checkpoint import save_pretrained
+    from quicksilver.eval import bench
+    from quicksilver.model import Transformer
+
+    target = Transformer(tiny_config(tiny_tokenizer, causal=True, logits_shift=True))
+    target.reset_parameters(seed=1)
+    with torch.no_grad():
+        target.lm_head.weight.mul_(40.0)
+    target.eval()
+    folder = save_pretrained(target, tiny_tokenizer, tmp_path / "ar")
+    head = DraftHead(target.config, DrafterSpec(num_layers=1, block_size=5, target_layers=[0, 1]))
+    save_drafter(head, folder / "drafter", extra={"step": 0, "tokens": 0})  # shipped inside the model folder
+    save_drafter(head, tmp_path / "ckpt", extra={"step": 7, "tokens": 1234})
+    cfg = bench.BenchConfig(ar_model=str(folder), prompts=bench.BUILTIN_PROMPTS[:3], max_new_tokens=12,
+                            batch_sizes=(1, 2), repeats=1, warmup=0, dtype="fp32", systems=("verified-k4",),
+                            hf=False, out_dir=str(tmp_path), drafter_checkpoints=(str(tmp_path / "ckpt"),))
+    result = bench.run_benchmark(cfg, log=lambda m: None)
+    rows = {(r["system"], r["batch"]): r for r in result["results"]}
+    assert set(rows) == {(s, b) for s in ("ar-twin", "verified-k4") for b in (1, 2)}  # the twin comes along
+    for batch in (1, 2):
+        v = rows[("verified-k4", batch)]
+        assert v["identical_share"] == 1.0 and len(v["accepted_histogram"]) == 5
+        assert v["draft_ms_per_round"] > 0 and v["verify_ms_per_round"] > 0 and 0 <= v["accepted_mean"] <= 4
+    assert rows[("verified-k4", 1)]["identical_share_fp32"] == 1.0
+    t = result["verified_target"]
+    assert t["best"] == "verified-k4" and t["identical_share"] == 1.0 and "verified-k4" in t["tokens_per_round_needed"]
+    assert result["drafter_checkpoints"][0]["training_tokens"] == 1234
+    assert any(line.startswith("Verified decoding") for line in bench.target_lines(result))
+    assert "verified-k4" in bench.markdown_table(result)

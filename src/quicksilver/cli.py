@@ -547,7 +547,8 @@ def _finish(ctx: typer.Context, result: dict, system, setting: str, out: Path) -
 
 
 _MODEL_HELP = "Bundled model name or checkpoint folder (or the model name sent to --endpoint)."
-_SETTING_HELP = "Diffusion decoding: fixed:K (K tokens per forward), threshold:T, factor:F or entropy:B."
+_SETTING_HELP = ("Diffusion decoding: fixed:K (K tokens per forward), threshold:T, factor:F or entropy:B; for an AR "
+                 "model with a draft head, verified:K (K tokens drafted per round, same output as plain AR).")
 
 
 @eval_app.command("humaneval")

@@ -178,6 +178,7 @@ class LocalSystem:
     cache: str = "none"
     batch_size: int | None = None  # None: 1 for a diffusion model on CPU (padding costs more than batching
     usage: Usage = field(default_factory=Usage)  # saves there), 8 otherwise
+    drafter: object | None = None  # draft head of a causal model (setting verified:K)
 
     def __post_init__(self) -> None:
         if self.batch_size is None:
@@ -193,12 +194,21 @@ class LocalSystem:
         return "autoregressive" if self.causal else "diffusion"
 
     def policy(self, max_new_tokens: int, temperature: float = 0.0, seed: int | None = None) -> DecodePolicy:
+        if self.causal and self.setting.startswith("verified"):  # verified:K, the draft head drafts K per round
+            _, _, k = self.setting.partition(":")
+            if not k.isdigit() or int(k) < 1:
+                raise GenerationError("verified:K needs K >= 1 tokens drafted per round")
+            return DecodePolicy(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                                decoding="verified", draft_length=int(k))
         if self.causal:
             return DecodePolicy(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
         return policy_from_setting(self.setting, max_new_tokens, self.block_length, self.cache, temperature, seed)
 
     def describe(self, max_new_tokens: int = 128, temperature: float = 0.0) -> str:
-        return describe_policy(self.policy(max_new_tokens, temperature), self.causal)
+        policy = self.policy(max_new_tokens, temperature)
+        if policy.decoding == "verified":
+            return f"verified, draft {policy.draft_length}, " + describe_policy(policy, True)
+        return describe_policy(policy, self.causal)
 
     def _context(self) -> int:
         return int(self.model.config.max_position_embeddings)
@@ -217,7 +227,8 @@ class LocalSystem:
             watcher = StopWatcher(self.tokenizer, stops, self.model.config.mask_token_id,
                                   self.model.config.eos_token_id) if stops else None
             try:
-                result = generate(self.model, [prompt_ids[i] for i in rows], policy, on_step=watcher)
+                result = generate(self.model, [prompt_ids[i] for i in rows], policy, on_step=watcher,
+                                  drafter=self.drafter)
                 per_row = (result.row_forwards / len(rows)) if getattr(result, "row_forwards", 0) else result.nfe
                 ids, counts = result.ids, [len(row) for row in result.ids]
             except StopDecoding as stop:
@@ -275,17 +286,24 @@ class LocalSystem:
         return {"name": self.name, "kind": self.kind, "parameters": params, "layers": cfg.num_hidden_layers,
                 "hidden_size": cfg.hidden_size, "setting": None if self.causal else self.setting,
                 "block_length": None if self.causal else self.block_length,
-                "cache": None if self.causal else self.cache}
+                "cache": None if self.causal else self.cache,
+                **({"decoding": self.setting} if self.causal and self.setting.startswith("verified") else {})}
 
 
 def load_system(name: str, setting: str = "fixed:1", block_length: int = 32, cache: str = "none",
                 batch_size: int | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32) -> LocalSystem:
     from ..checkpoint import load_model
 
+    from ..api import _drafter_for
+    from ..checkpoint import resolve_model_path
+
     model, tokenizer = load_model(name, device=device, dtype=dtype)
-    system = LocalSystem(name, model, tokenizer, setting, block_length, cache, batch_size)
-    if not system.causal:
+    system = LocalSystem(name, model, tokenizer, setting, block_length, cache, batch_size,
+                         drafter=_drafter_for(resolve_model_path(name), model))
+    if not system.causal or setting.startswith("verified"):
         system.policy(32)  # validate the setting now, before any work
+    if system.causal and setting.startswith("verified") and system.drafter is None:
+        raise GenerationError(f"{name} ships no draft head (drafter/): the setting verified:K needs one")
     return system
 
 
