@@ -265,3 +265,21 @@ def test_bench_reports_verified_systems(tmp_path, tiny_tokenizer):
     assert result["drafter_checkpoints"][0]["training_tokens"] == 1234
     assert any(line.startswith("Verified decoding") for line in bench.target_lines(result))
     assert "verified-k4" in bench.markdown_table(result)
+
+
+def test_the_bundled_twin_with_its_shipped_head_writes_exactly_its_greedy_output():
+    """fp32, real prompts: verified (two draft lengths, batch 1 and a left-padded batch) == plain greedy AR,
+    and the trained head gets drafts accepted."""
+    import quicksilver
+    from quicksilver.eval.bench import BUILTIN_PROMPTS
+
+    lm = quicksilver.load("coder-tiny-ar", device="cpu", dtype=torch.float32)
+    assert lm.drafter is not None
+    prompts = [lm.encode(p) for p in BUILTIN_PROMPTS[:5]]
+    plain = generate(lm.model, prompts, DecodePolicy(max_new_tokens=48)).ids
+    for k in (4, 8):
+        policy = DecodePolicy(max_new_tokens=48, decoding="verified", draft_length=k)
+        singles = [generate(lm.model, [p], policy, drafter=lm.drafter) for p in prompts]
+        assert [r.ids[0] for r in singles] == plain
+        assert generate(lm.model, prompts, policy, drafter=lm.drafter).ids == plain
+        assert max(a for r in singles for a in r.verified.accepted) >= 2

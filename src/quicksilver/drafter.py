@@ -176,6 +176,20 @@ def load_drafter(folder: str | Path, target: Transformer) -> DraftHead:
     return head.to(device=param.device, dtype=param.dtype).eval()
 
 
+def export_drafter(source: str | Path, out: str | Path, dtype: torch.dtype = torch.bfloat16) -> int:
+    """Copy a trained head (a run's ``best/`` or a checkpoint) to ``out`` as config.json +
+    model.safetensors in ``dtype``, without optimizer state; returns its parameter count."""
+    from .checkpoint import CheckpointError, load_state_dict
+    source, out = Path(source), Path(out)
+    raw = read_json_object(source / "config.json", CheckpointError)
+    state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in load_state_dict(source).items()}
+    out.mkdir(parents=True, exist_ok=True)
+    from .checkpoint import atomic_save_tensors, atomic_write_text
+    atomic_save_tensors(state, out / "model.safetensors", {"format": "pt"})
+    atomic_write_text(out / "config.json", json.dumps(raw, indent=2) + "\n")
+    return sum(v.numel() for v in state.values())
+
+
 def find_drafter(model_folder: str | Path) -> Path | None:
     """The draft head shipped inside a model folder (``<folder>/drafter/``), if there is one."""
     folder = Path(model_folder) / DRAFTER_DIR

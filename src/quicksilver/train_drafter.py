@@ -275,6 +275,13 @@ def train_drafter(run, resume: bool = False, progress: bool = True, log=print) -
             save(out_dir / "best", False)
         return val
 
+    def stop(signum, frame):  # a background run (nohup, SIGINT ignored) is stopped with SIGTERM: save first
+        raise KeyboardInterrupt
+
+    import signal
+    import threading
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
     try:
         if state["step"] == 0:
             evaluate()
@@ -299,10 +306,10 @@ def train_drafter(run, resume: bool = False, progress: bool = True, log=print) -
             state["tokens"] += cfg.batch_size * cfg.seq_len  # target tokens read (context windows)
             state["blocks"] += anchors.numel()
             if state["step"] % cfg.log_every == 0:
-                write_log({"step": state["step"], "tokens": state["tokens"], "loss": float(loss), "lr": lr,
+                write_log({"step": state["step"], "tokens": state["tokens"], "loss": float(loss.detach()), "lr": lr,
                            "cpu_s": round(cpu_seconds(), 1)})
                 if progress:
-                    log(f"step {state['step']}/{cfg.max_steps} loss {float(loss):.3f} cpu {cpu_seconds():.0f} s")
+                    log(f"step {state['step']}/{cfg.max_steps} loss {float(loss.detach()):.3f} cpu {cpu_seconds():.0f} s")
             if state["step"] % cfg.eval_every == 0 or state["step"] == cfg.max_steps:
                 evaluate()
             over = cfg.time_limit_minutes and elapsed_before + time.time() - session_start >= cfg.time_limit_minutes * 60
