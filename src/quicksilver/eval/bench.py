@@ -134,6 +134,7 @@ class BenchConfig:
     prompts: Sequence[str] | None = None  # explicit prompts instead of HumanEval
     drafter: str | None = None  # draft head folder for the verified systems (default: the AR model's own)
     drafter_checkpoints: Sequence[str] = ()  # draft head checkpoints: acceptance against training tokens
+    interleave: bool = False  # time the (fast) systems prompt group by prompt group in turn (busy machines)
 
 
 @dataclass
@@ -318,6 +319,31 @@ def measure(run: Callable[[list[list[int]]], CallStats], prompt_ids: list[list[i
     return seconds, first
 
 
+def measure_interleaved(runs: dict[str, Callable[[list[list[int]]], CallStats]], prompt_ids: list[list[int]],
+                        batch: int, repeats: int, warmup: int) -> dict[str, tuple[list[float], list[CallStats]]]:
+    """Like ``measure`` for several systems at once: each prompt group runs under every system in turn
+    (the order rotating), so a machine whose load changes over the run slows all systems alike."""
+    groups = _batches(prompt_ids, batch)
+    names = list(runs)
+    for _ in range(warmup):
+        for name in names:
+            runs[name](groups[0])
+    seconds = {n: [] for n in names}
+    first: dict[str, list[CallStats]] = {}
+    for r in range(max(1, repeats)):
+        totals, calls = dict.fromkeys(names, 0.0), {n: [] for n in names}
+        for i, g in enumerate(groups):
+            shift = (i + r) % len(names)
+            for name in names[shift:] + names[:shift]:
+                t0 = time.perf_counter()
+                calls[name].append(runs[name](g))
+                totals[name] += time.perf_counter() - t0
+        for n in names:
+            seconds[n].append(totals[n])
+            first.setdefault(n, calls[n])
+    return {n: (seconds[n], first[n]) for n in names}
+
+
 def _load(name: str, device: str, dtype: torch.dtype):
     from ..checkpoint import load_model
     return load_model(name, device=device, dtype=dtype)
@@ -427,11 +453,19 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
                 continue  # by default, batches > 1 run only the settings marked for it (the fastest)
             plan.append((n, cfg.diffusion_model, "diffusion", settings[n].describe(),
                          diffusion_runner(models["diffusion"], settings[n])))
+        together = {}
+        if cfg.interleave:  # every prompt group runs under each system in turn: the same load for all
+            group = [p for p in plan if p[0] not in SLOW_SETTINGS]
+            log(f"batch {batch}: {', '.join(p[0] for p in group)} interleaved ...")
+            together = measure_interleaved({p[0]: p[4] for p in group}, prompt_ids, batch, cfg.repeats, cfg.warmup)
         for name, model_name, key, setting, runner in plan:
-            log(f"batch {batch}: {name} ({setting}) ...")
             slow = name in SLOW_SETTINGS
-            seconds, calls = measure(runner, prompt_ids, batch, cfg.slow_repeats if slow else cfg.repeats,
-                                     0 if slow and rows else cfg.warmup)
+            if name in together:
+                seconds, calls = together[name]
+            else:
+                log(f"batch {batch}: {name} ({setting}) ...")
+                seconds, calls = measure(runner, prompt_ids, batch, cfg.slow_repeats if slow else cfg.repeats,
+                                         0 if slow and rows else cfg.warmup)
             row = _summarise(name, model_name, batch, dtypes[key], setting, seconds, calls, prompts, tokenizer, None)
             if batch == cfg.batch_sizes[0] and name in ("reference", "ar-twin"):
                 references["ar" if name == "ar-twin" else "diffusion"] = row
