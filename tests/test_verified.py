@@ -13,7 +13,7 @@ from quicksilver.drafter import DraftHead, DrafterSpec, load_drafter, save_draft
 from quicksilver.model import KVCache
 from quicksilver.sampling import DecodePolicy, GenerationError, generate
 from quicksilver.sampling.verified import VerifiedDecoder, generate_verified
-from quicksilver.train_drafter import block_batch, greedy_continuations, weighted_ce
+from quicksilver.training.drafter import block_batch, greedy_continuations, weighted_ce
 
 VOCAB = 32
 
@@ -236,7 +236,7 @@ def test_bench_reports_verified_systems(tmp_path, tiny_tokenizer):
     """``quicksilver bench`` with verified systems on a tiny twin: identical to the twin's greedy output,
     acceptance histogram, draft/verify split, and the drafter checkpoint sweep."""
     from conftest import tiny_config
-    from quicksilver.checkpoint import save_pretrained
+    from quicksilver.loading.checkpoint import save_pretrained
     from quicksilver.eval import bench
     from quicksilver.model import Transformer
 
@@ -264,8 +264,9 @@ def test_bench_reports_verified_systems(tmp_path, tiny_tokenizer):
     t = result["verified_target"]
     assert t["best"] == "verified-k4" and t["identical_share"] == 1.0 and "verified-k4" in t["tokens_per_round_needed"]
     assert result["drafter_checkpoints"][0]["training_tokens"] == 1234
-    assert any(line.startswith("Verified decoding") for line in bench.target_lines(result))
-    assert "verified-k4" in bench.markdown_table(result)
+    from quicksilver.eval import bench_report
+    assert any(line.startswith("Verified decoding") for line in bench_report.target_lines(result))
+    assert "verified-k4" in bench_report.markdown_table(result)
 
 
 def test_the_bundled_twin_with_its_shipped_head_writes_exactly_its_greedy_output():

@@ -28,7 +28,7 @@ class UserError(Exception):
 def user_errors(fn):
     """Report the errors a user can cause as 'error: <sentence>' with exit code 2, never a traceback."""
     from .chat import ChatTemplateError
-    from .checkpoint import CheckpointError
+    from .loading.checkpoint import CheckpointError
     from .config import ConfigError
     from .data.shards import DatasetError
     from .sampling import GenerationError
@@ -158,8 +158,8 @@ def train(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ):
     """Train a diffusion model or its AR twin from a TOML config."""
-    from .train import load_run_config
-    from .train import train as run_training
+    from .training.train import load_run_config
+    from .training.train import train as run_training
 
     run = load_run_config(config, _parse_overrides(set_))
     state = run_training(run, resume=resume, progress=progress, log=console.print)
@@ -183,7 +183,7 @@ def export(
 
     import torch
 
-    from .checkpoint import load_model, save_pretrained
+    from .loading.checkpoint import load_model, save_pretrained
 
     if dtype not in ("bf16", "fp32"):
         raise UserError("--dtype must be bf16 or fp32")
@@ -215,7 +215,7 @@ def _is_drafter(folder: Path) -> bool:
 @app.command()
 def models():
     """List the bundled models."""
-    from .checkpoint import BUNDLED_DIR, bundled_models
+    from .loading.checkpoint import BUNDLED_DIR, bundled_models
     from .config import ModelConfig
 
     for name in bundled_models():
@@ -249,7 +249,7 @@ def serve(
 ):
     """Serve MODEL over the OpenAI API (completions, chat, streaming with diffusion drafts) and the
     playground page at http://HOST:PORT/."""
-    from .checkpoint import resolve_model_path
+    from .loading.checkpoint import resolve_model_path
 
     try:
         import uvicorn
@@ -305,7 +305,7 @@ def data_build(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from .checkpoint import BUNDLED_DIR
+    from .loading.checkpoint import BUNDLED_DIR
     from .data import build_dataset, folder_source, stdlib_source
     from .data.dedupe import MinHashConfig
     from .data.pypi import load_packages
@@ -440,8 +440,8 @@ def bench(
     import json
     import os
 
-    from .eval.bench import (AR_SYSTEMS, DIFFUSION_SETTINGS, VERIFIED_SYSTEMS, BenchConfig, markdown_table,
-                             run_benchmark, target_lines, write_outputs)
+    from .eval.bench import AR_SYSTEMS, DIFFUSION_SETTINGS, VERIFIED_SYSTEMS, BenchConfig, run_benchmark
+    from .eval.bench_report import markdown_table, target_lines, write_outputs
 
     known = set(DIFFUSION_SETTINGS) | set(AR_SYSTEMS) | set(VERIFIED_SYSTEMS)
     for name in system:

@@ -10,7 +10,7 @@ Inside the block attention is bidirectional.  The head borrows the target's toke
 head (frozen, not stored), so it is small: about 1.6M parameters for the bundled twin.
 
 It is trained with the target frozen to predict the target's own greedy continuation of the next
-``k`` positions (``training_drafter.py``), so that the target accepts its drafts often.  A trained
+``k`` positions (``training/drafter.py``), so that the target accepts its drafts often.  A trained
 head is a folder with ``config.json`` (``DrafterSpec`` plus the target's dimensions) and
 ``model.safetensors``; nothing else is ever loaded (no pickle).
 """
@@ -131,7 +131,7 @@ class DraftHead(nn.Module):
 # -- folders --------------------------------------------------------------------------------------
 def save_drafter(head: DraftHead, folder: str | Path, dtype: torch.dtype | None = None,
                  extra: dict | None = None) -> Path:
-    from .checkpoint import atomic_save_tensors, atomic_write_text
+    from .loading.checkpoint import atomic_save_tensors, atomic_write_text
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
@@ -145,7 +145,7 @@ def save_drafter(head: DraftHead, folder: str | Path, dtype: torch.dtype | None 
 
 def load_drafter(folder: str | Path, target: Transformer) -> DraftHead:
     """The draft head in ``folder`` for ``target``; its dimensions must match the target's."""
-    from .checkpoint import CheckpointError, load_state_dict
+    from .loading.checkpoint import CheckpointError, load_state_dict
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise CheckpointError(f"{folder} is not a drafter folder: it has no config.json")
@@ -179,12 +179,12 @@ def load_drafter(folder: str | Path, target: Transformer) -> DraftHead:
 def export_drafter(source: str | Path, out: str | Path, dtype: torch.dtype = torch.bfloat16) -> int:
     """Copy a trained head (a run's ``best/`` or a checkpoint) to ``out`` as config.json +
     model.safetensors in ``dtype``, without optimizer state; returns its parameter count."""
-    from .checkpoint import CheckpointError, load_state_dict
+    from .loading.checkpoint import CheckpointError, load_state_dict
     source, out = Path(source), Path(out)
     raw = read_json_object(source / "config.json", CheckpointError)
     state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in load_state_dict(source).items()}
     out.mkdir(parents=True, exist_ok=True)
-    from .checkpoint import atomic_save_tensors, atomic_write_text
+    from .loading.checkpoint import atomic_save_tensors, atomic_write_text
     atomic_save_tensors(state, out / "model.safetensors", {"format": "pt"})
     atomic_write_text(out / "config.json", json.dumps(raw, indent=2) + "\n")
     return sum(v.numel() for v in state.values())

@@ -223,7 +223,7 @@ class Transformer(nn.Module):
         if positions is None:
             positions = torch.arange(past, past + n, device=input_ids.device).expand(b, n)
         x = self.embed_tokens(input_ids)
-        rope_dtype = torch.float32 if getattr(self.config, "rope_fp32", False) else x.dtype
+        rope_dtype = torch.float32 if self.config.rope_fp32 else x.dtype
         cos, sin = rotary_cos_sin(positions, self.config.head_dim, self.config.rope_theta, rope_dtype)
         mask, is_causal = build_attention_mask(self.config, n, past, attention_mask, input_ids.device)
         for i, layer in enumerate(self.layers):

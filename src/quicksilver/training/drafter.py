@@ -29,13 +29,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import atomic_save_tensors, atomic_write_text, load_model
-from .config import ConfigError
-from .data.shards import ShardDataset
-from .drafter import DraftHead, DrafterSpec, save_drafter
-from .model import KVCache, Transformer
-from .sampling import rules
-from .sampling.diffusion import never_sample_ids
+from ..loading.checkpoint import atomic_save_tensors, atomic_write_text, load_model
+from ..config import ConfigError
+from ..data.shards import ShardDataset
+from ..drafter import DraftHead, DrafterSpec, save_drafter
+from ..model import KVCache, Transformer
+from ..sampling import rules
+from ..sampling.diffusion import never_sample_ids
 
 
 @dataclass
@@ -141,9 +141,9 @@ def anchors_for(gen: torch.Generator, s: int, m: int, prompt_len: int, length: i
 
 
 # -- the loop -----------------------------------------------------------------------------------
-def train_drafter(run, resume: bool = False, progress: bool = True, log=print) -> dict:
-    from .train import lr_at
-
+def train_drafter(run, resume: bool = False, progress: bool = True, log=print, lr_at=None) -> dict:
+    """Train the head of ``run`` (a ``training.train.RunConfig`` whose objective is "drafter");
+    ``lr_at(step, train_config, elapsed_s)`` is the learning-rate schedule of the training loop."""
     cfg = run.train
     dcfg = DrafterTraining.from_dict(dict(run.source.get("drafter", {})))
     if not cfg.init_from:
