@@ -79,6 +79,26 @@ def test_greedy_verified_equals_greedy_ar_alone_and_in_a_left_padded_batch(pair,
     assert sum(hist) == len(batch.verified.accepted) and len(hist) == k + 1
 
 
+@pytest.mark.parametrize("source", ["lookup", "head+lookup"])
+def test_copied_drafts_keep_greedy_output_exact(pair, source):
+    model, head = pair
+    loops = PROMPTS + [[7, 8, 9, 7, 8, 9, 7, 8, 9, 7], [20, 21, 20, 21, 20]]
+    result = verified(model, None if source == "lookup" else head, loops, k=5, draft_source=source)
+    assert result.ids == ar(model, loops)
+    assert result.verified.lookup_rounds > 0 and max(result.verified.accepted) >= 3
+    if source == "lookup":
+        assert result.verified.head_passes == 0
+    singles = [verified(model, head, [p], k=5, draft_source=source).ids[0] for p in loops]
+    assert singles == ar(model, loops)
+
+
+def test_lookup_draft_copies_what_followed_the_last_match():
+    from quicksilver.sampling.verified import lookup_draft
+    assert lookup_draft([1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3], 6) == [4, 1, 2, 3, 4, 1]  # a loop repeats
+    assert lookup_draft([1, 2, 9, 1, 2], 4) == [9, 1, 2, 9]
+    assert lookup_draft([5, 6, 7, 8, 9], 3) is None
+
+
 def test_verified_stops_at_end_of_text_like_ar(pair):
     model, head = pair
     eos = model.config.eos_token_id
@@ -179,7 +199,8 @@ def _chi_square(counts: torch.Tensor, expected_p: torch.Tensor, n: int) -> tuple
     return float(((obs[keep] - exp[keep]) ** 2 / exp[keep]).sum()), int(keep.sum()) - 1
 
 
-@pytest.mark.parametrize("options", [dict(temperature=1.0), dict(temperature=0.7, top_k=6)])
+@pytest.mark.parametrize("options", [dict(temperature=1.0), dict(temperature=0.7, top_k=6),
+                                     dict(temperature=1.0, draft_source="head+lookup")])
 def test_sampled_tokens_follow_the_causal_models_distribution(options):
     """4000 independent rows (one batch, one seed): tokens 2 and 3 of each row come out of the
     speculative rule (token 1 comes from the prefill).  Their histograms must pass a chi-square test
@@ -193,6 +214,8 @@ def test_sampled_tokens_follow_the_causal_models_distribution(options):
         head.mask_embedding.normal_(0, 1.0)
     head.eval()
     n, prompt = 4000, [7, 8, 9]
+    if options.get("draft_source"):  # a prompt that repeats: rows whose first token continues it copy drafts
+        prompt = [7, 8, 9, 7, 8, 9, 7, 8]
     policy = DecodePolicy(max_new_tokens=3, stop_at_eos=False, decoding="verified", draft_length=3, seed=0, **options)
     dec = VerifiedDecoder(model, head, [prompt] * n, policy)
     with torch.no_grad():
@@ -209,6 +232,8 @@ def test_sampled_tokens_follow_the_causal_models_distribution(options):
     stat, df = _chi_square(drafts, exact[1], n)
     assert stat > _chi_square_critical(df)
     assert 0 < dec.stats.mean_accepted < 3  # some drafts accepted, some rejected
+    if options.get("draft_source"):
+        assert 0 < dec.stats.lookup_rounds < n  # both kinds of proposal were verified
 
 
 def test_saved_head_loads_back_and_drafts_the_same(pair, tmp_path):
@@ -250,19 +275,21 @@ def test_bench_reports_verified_systems(tmp_path, tiny_tokenizer):
     save_drafter(head, folder / "drafter", extra={"step": 0, "tokens": 0})  # shipped inside the model folder
     save_drafter(head, tmp_path / "ckpt", extra={"step": 7, "tokens": 1234})
     cfg = bench.BenchConfig(ar_model=str(folder), prompts=bench.BUILTIN_PROMPTS[:3], max_new_tokens=12,
-                            batch_sizes=(1, 2), repeats=1, warmup=0, dtype="fp32", systems=("verified-k4",),
+                            batch_sizes=(1, 2), repeats=1, warmup=0, dtype="fp32",
+                            systems=("verified-k4", "verified-k8-lookup"),
                             hf=False, out_dir=str(tmp_path), drafter_checkpoints=(str(tmp_path / "ckpt"),),
                             interleave=True)
     result = bench.run_benchmark(cfg, log=lambda m: None)
     rows = {(r["system"], r["batch"]): r for r in result["results"]}
-    assert set(rows) == {(s, b) for s in ("ar-twin", "verified-k4") for b in (1, 2)}  # the twin comes along
+    assert set(rows) == {(s, b) for s in ("ar-twin", "verified-k4", "verified-k8-lookup") for b in (1, 2)}
+    assert rows[("verified-k8-lookup", 1)]["identical_share"] == 1.0  # the twin comes along as the reference
     for batch in (1, 2):
         v = rows[("verified-k4", batch)]
         assert v["identical_share"] == 1.0 and len(v["accepted_histogram"]) == 5
         assert v["draft_ms_per_round"] > 0 and v["verify_ms_per_round"] > 0 and 0 <= v["accepted_mean"] <= 4
     assert rows[("verified-k4", 1)]["identical_share_fp32"] == 1.0
     t = result["verified_target"]
-    assert t["best"] == "verified-k4" and t["identical_share"] == 1.0 and "verified-k4" in t["tokens_per_round_needed"]
+    assert t["identical_share"] == 1.0 and "verified-k4" in t["tokens_per_round_needed"]
     assert result["drafter_checkpoints"][0]["training_tokens"] == 1234
     from quicksilver.eval import bench_report
     assert any(line.startswith("Verified decoding") for line in bench_report.target_lines(result))

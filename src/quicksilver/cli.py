@@ -97,6 +97,8 @@ def generate(
                                             help="AR model with a draft head: the head drafts a block, the model keeps "
                                                  "exactly what it would write (the default when the model ships one)."),
     draft_length: Optional[int] = typer.Option(None, help="--verified: tokens drafted per round (default 8)."),
+    draft_source: Optional[str] = typer.Option(None, help="--verified: where drafts come from: head (the draft head), "
+                                                          "lookup (copied from earlier text) or head+lookup."),
     chat: bool = typer.Option(False, "--chat", help="Send PROMPT as a user message through the model's chat template."),
     live: bool = typer.Option(True, "--live/--no-live", help="Show the canvas being refined."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
@@ -120,7 +122,7 @@ def generate(
                    top_p=top_p, seed=seed, commit=commit, threshold=threshold, factor=factor,
                    entropy_bound=entropy_bound, score=score, cache=cache, refresh=refresh, early_stop=early_stop,
                    decoding=None if verified is None else ("verified" if verified else "auto"),
-                   draft_length=draft_length)
+                   draft_length=draft_length, draft_source=draft_source)
     given = {k: v for k, v in options.items() if v is not None}
     # Check the decoding options before anything is loaded or drawn, so a bad option prints only its error.
     (preset_policy(preset, **given) if preset is not None else dataclasses.replace(DecodePolicy(), **given)).validate()

@@ -31,7 +31,7 @@ from ..sampling.batch import cut_at_eos, left_pad
 from ..sampling.diffusion import never_sample_ids
 from .bench_measure import CallStats, _batches, measure, measure_interleaved  # noqa: F401 (re-exported)
 from .bench_report import (AR_SYSTEMS, DEFAULT_VERIFIED, VERIFIED_SYSTEMS, Row, format_row, machine_info,
-                           target_summary, verified_target)
+                           draft_source_of, target_summary, verified_target)
 from .completion import cut_at_stops
 from .humaneval import HUMANEVAL_STOPS
 
@@ -311,8 +311,9 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
             if n == "ar-twin":  # right after the twin: the same load on the machine for the ratio
                 for v in verified_names:
                     k = VERIFIED_SYSTEMS[v]
-                    plan.append((v, cfg.ar_model, "ar", f"verified · draft {k} · greedy",
-                                 bench_verified.verified_runner(models["ar"], drafter, cfg.max_new_tokens, k)))
+                    source = draft_source_of(v)
+                    plan.append((v, cfg.ar_model, "ar", f"verified · draft {k} · {source} · greedy",
+                                 bench_verified.verified_runner(models["ar"], drafter, cfg.max_new_tokens, k, source)))
         for n in sorted(diffusion_names, key=lambda n: n in SLOW_SETTINGS):
             if batch > 1 and not cfg.systems and not DIFFUSION_SETTINGS[n][1]:
                 continue  # by default, batches > 1 run only the settings marked for it (the fastest)

@@ -19,8 +19,14 @@ import torch
 # ``bench`` runs them; the report measures every diffusion setting against them.
 AR_SYSTEMS = ("ar-twin", "hf-llama")
 # Verified decoding on the AR twin with its draft head (``bench_verified``): name -> tokens drafted per round.
-VERIFIED_SYSTEMS = {"verified-k4": 4, "verified-k6": 6, "verified-k8": 8, "verified-k11": 11}
-DEFAULT_VERIFIED = ("verified-k4", "verified-k6", "verified-k8")
+# "-lookup": drafts copied from earlier text only (no head); "-hybrid": copied where possible, else the head.
+VERIFIED_SYSTEMS = {"verified-k4": 4, "verified-k6": 6, "verified-k8": 8, "verified-k11": 11,
+                    "verified-k8-lookup": 8, "verified-k8-hybrid": 8, "verified-k4-hybrid": 4}
+DEFAULT_VERIFIED = ("verified-k4", "verified-k8", "verified-k8-lookup", "verified-k8-hybrid")
+
+
+def draft_source_of(system: str) -> str:
+    return "lookup" if system.endswith("-lookup") else "head+lookup" if system.endswith("-hybrid") else "head"
 
 
 @dataclass

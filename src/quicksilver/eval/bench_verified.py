@@ -15,11 +15,12 @@ import torch
 from ..loading.checkpoint import load_model
 from ..sampling import DecodePolicy, generate
 from .bench_measure import CallStats, measure
-from .bench_report import VERIFIED_SYSTEMS
+from .bench_report import VERIFIED_SYSTEMS, draft_source_of
 
 
-def verified_runner(model, drafter, max_new_tokens: int, draft_length: int) -> Callable:
-    policy = DecodePolicy(max_new_tokens=max_new_tokens, decoding="verified", draft_length=draft_length)
+def verified_runner(model, drafter, max_new_tokens: int, draft_length: int, source: str = "head") -> Callable:
+    policy = DecodePolicy(max_new_tokens=max_new_tokens, decoding="verified", draft_length=draft_length,
+                          draft_source=source)
 
     def run(prompts: list[list[int]]) -> CallStats:
         r = generate(model, prompts, policy, drafter=drafter)
@@ -63,7 +64,7 @@ def identical_in_fp32(cfg, names: list[str], prompt_ids, timed_dtype: str, rows:
     reference = [generate(model, [p], plain).ids[0] for p in prompt_ids]
     out = {}
     for name in names:
-        run = verified_runner(model, head, cfg.max_new_tokens, VERIFIED_SYSTEMS[name])
+        run = verified_runner(model, head, cfg.max_new_tokens, VERIFIED_SYSTEMS[name], draft_source_of(name))
         ids = [run([p]).ids[0] for p in prompt_ids]
         out[name] = sum(a == b for a, b in zip(ids, reference)) / len(ids)
         log(f"{name}: identical to the twin's greedy output in fp32: {out[name]:.0%}")

@@ -151,12 +151,15 @@ class LocalSystem:
         return "autoregressive" if self.causal else "diffusion"
 
     def policy(self, max_new_tokens: int, temperature: float = 0.0, seed: int | None = None) -> DecodePolicy:
-        if self.causal and self.setting.startswith("verified"):  # verified:K, the draft head drafts K per round
-            _, _, k = self.setting.partition(":")
+        if self.causal and self.setting.startswith("verified"):  # verified:K[:SOURCE], K drafted per round
+            _, _, rest = self.setting.partition(":")
+            k, _, source = rest.partition(":")
             if not k.isdigit() or int(k) < 1:
                 raise GenerationError("verified:K needs K >= 1 tokens drafted per round")
-            return DecodePolicy(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                                decoding="verified", draft_length=int(k))
+            policy = DecodePolicy(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                                  decoding="verified", draft_length=int(k), draft_source=source or "head")
+            policy.validate()
+            return policy
         if self.causal:
             return DecodePolicy(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
         return policy_from_setting(self.setting, max_new_tokens, self.block_length, self.cache, temperature, seed)
@@ -259,7 +262,7 @@ def load_system(name: str, setting: str = "fixed:1", block_length: int = 32, cac
                          drafter=_drafter_for(resolve_model_path(name), model))
     if not system.causal or setting.startswith("verified"):
         system.policy(32)  # validate the setting now, before any work
-    if system.causal and setting.startswith("verified") and system.drafter is None:
+    if system.causal and setting.startswith("verified") and system.drafter is None and not setting.endswith(":lookup"):
         raise GenerationError(f"{name} ships no draft head (drafter/): the setting verified:K needs one")
     return system
 

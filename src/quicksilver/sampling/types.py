@@ -12,6 +12,7 @@ SCHEDULES = ("linear", "dream")
 CACHE_MODES = ("none", "prefix", "dual")
 REFRESH_MODES = ("full", "incremental")
 DECODINGS = ("auto", "verified")
+DRAFT_SOURCES = ("head", "lookup", "head+lookup")
 
 
 class GenerationError(ValueError):
@@ -66,6 +67,9 @@ class DecodePolicy:
     # have written itself (greedy: token for token; sampling: the same distribution).
     decoding: str = "auto"
     draft_length: int = 8
+    # Where drafts come from: "head" (the draft head), "lookup" (copied from the row's own prompt and
+    # output after a matching 3- or 2-gram), "head+lookup" (the copy where there is one, else the head).
+    draft_source: str = "head"
 
     def validate(self) -> None:
         if self.max_new_tokens <= 0:
@@ -94,6 +98,8 @@ class DecodePolicy:
             raise GenerationError(f"decoding must be one of {', '.join(DECODINGS)}, got '{self.decoding}'")
         if self.draft_length <= 0:
             raise GenerationError("draft_length must be a positive integer")
+        if self.draft_source not in DRAFT_SOURCES:
+            raise GenerationError(f"draft_source must be one of {', '.join(DRAFT_SOURCES)}, got '{self.draft_source}'")
         if self.factor <= 0:
             raise GenerationError("factor must be positive")
         if self.entropy_bound < 0:
@@ -102,7 +108,8 @@ class DecodePolicy:
     def describe(self) -> str:
         """A short label of the decoding setting, e.g. 'dual · threshold 0.9 (probability)'."""
         if self.decoding == "verified":
-            return f"verified · draft {self.draft_length}"
+            source = "" if self.draft_source == "head" else f" · {self.draft_source}"
+            return f"verified · draft {self.draft_length}{source}"
         rule = {"fixed": f"fixed {self.steps or 'one/token'} steps", "threshold": f"threshold {self.threshold:g}",
                 "factor": f"factor {self.factor:g}", "entropy": f"entropy ≤ {self.entropy_bound:g}"}[self.commit]
         if self.commit != "fixed" and self.score != "probability":

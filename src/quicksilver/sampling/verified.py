@@ -19,6 +19,14 @@ One round, per row of a (left-padded) batch:
 
 So greedy verified output is the causal model's greedy output, token for token, and one round costs a
 head pass plus one causal pass over k + 1 tokens while it emits between 1 and k + 1 tokens.
+
+Where the drafts come from (``policy.draft_source``): ``"head"``, the draft head alone; ``"lookup"``,
+copying: the tokens that followed the most recent earlier occurrence of the row's last three (else
+two) tokens in its prompt and output (prompt-lookup decoding; free, and a small model's greedy output
+repeats itself a lot); ``"head+lookup"``, the copy where the row has a match and the head elsewhere
+(the head pass is skipped in rounds where every row has a match).  A copied draft is a deterministic
+proposal (q one-hot), for which the acceptance rule above is still exact.  Whatever the source, the
+causal model decides every token.
 """
 from __future__ import annotations
 
@@ -44,6 +52,8 @@ class RoundStats:
     draft_seconds: float = 0.0
     verify_seconds: float = 0.0  # causal passes of the rounds (and the acceptance rule)
     prefill_seconds: float = 0.0
+    lookup_rounds: int = 0  # row-rounds whose drafts were copied (draft_source with "lookup")
+    head_passes: int = 0  # rounds that ran the draft head
 
     def histogram(self) -> list[int]:
         """How many row-rounds accepted 0, 1, ..., k drafts."""
@@ -61,7 +71,8 @@ class RoundStats:
                 "tokens_per_round": self.mean_accepted + 1, "accepted_histogram": self.histogram(),
                 "draft_ms_per_round": 1000 * self.draft_seconds / max(1, self.rounds),
                 "verify_ms_per_round": 1000 * self.verify_seconds / max(1, self.rounds),
-                "prefill_ms": 1000 * self.prefill_seconds}
+                "prefill_ms": 1000 * self.prefill_seconds, "lookup_share": self.lookup_rounds / max(1, len(self.accepted)),
+                "head_passes": self.head_passes}
 
 
 def _filtered(logits: torch.Tensor, policy: DecodePolicy, banned: list[int]) -> torch.Tensor:
@@ -72,6 +83,24 @@ def _filtered(logits: torch.Tensor, policy: DecodePolicy, banned: list[int]) -> 
     if policy.top_p < 1:
         logits = rules.top_p_filter(logits, policy.top_p)
     return logits
+
+
+def lookup_draft(history: list[int], k: int, ngrams: tuple[int, ...] = (3, 2)) -> list[int] | None:
+    """The ``k`` tokens that followed the most recent earlier occurrence of the last n tokens of
+    ``history`` (n = 3, else 2), extended periodically when the match is near the end; None without
+    a match."""
+    for n in ngrams:
+        if len(history) <= n:
+            continue
+        key = history[-n:]
+        last = key[-1]
+        for j in range(len(history) - 2, n - 2, -1):  # j: where the earlier occurrence ends
+            if history[j] == last and history[j - n + 1:j + 1] == key:
+                ext = list(history)
+                for i in range(k):
+                    ext.append(ext[j + 1 + i])  # reads its own appended tokens past the end: a loop repeats
+                return ext[len(history):]
+    return None
 
 
 def speculative_accept(p_logits: torch.Tensor, q_logits: torch.Tensor, drafts: torch.Tensor, temperature: float,
@@ -110,10 +139,13 @@ class VerifiedDecoder:
         cfg = model.config
         if not cfg.causal:
             raise GenerationError("verified decoding needs a causal model (the verifier)")
-        if drafter is None:
-            raise GenerationError("verified decoding needs a draft head; this model has none")
+        self.use_head = policy.draft_source != "lookup"
+        self.use_lookup = policy.draft_source != "head"
+        if drafter is None and self.use_head:
+            raise GenerationError("verified decoding needs a draft head; this model has none "
+                                  "(draft_source 'lookup' drafts by copying without one)")
         k = policy.draft_length
-        if k > drafter.spec.block_size - 1:
+        if self.use_head and k > drafter.spec.block_size - 1:
             raise GenerationError(f"draft_length {k} exceeds what the draft head was trained for "
                                   f"({drafter.spec.block_size - 1})")
         self.model, self.drafter, self.policy, self.k = model, drafter, policy, k
@@ -131,13 +163,14 @@ class VerifiedDecoder:
         self.b = tokens.shape[0]
         self.stats = RoundStats(k)
         self.out: list[list[int]] = [[] for _ in range(self.b)]
+        self.prompts = [list(p) for p in prompts]
         self.done = torch.zeros(self.b, dtype=torch.bool, device=self.device)
         self.cache = KVCache(cfg.num_hidden_layers)
         start = time.perf_counter()
         outs: list[torch.Tensor] = []
         hidden = model.hidden_states(tokens, positions=positions, attention_mask=attention, cache=self.cache,
                                      layer_outputs=outs)
-        self.context = drafter.context_kv(drafter.fuse_features(outs), positions)
+        self.context = drafter.context_kv(drafter.fuse_features(outs), positions) if self.use_head else None
         first = self._choose(model.head(hidden[:, -1]))
         self.next_pos = positions[:, -1] + 1  # the anchor's position
         self.anchor = first
@@ -177,11 +210,25 @@ class VerifiedDecoder:
         if ctx_mask is None:
             ctx_mask = torch.ones(b, past, dtype=torch.long, device=self.device)
         t0 = time.perf_counter()
-        x = head.block_inputs(model.embed_tokens, self.anchor[:, None], k)[:, 0]
-        mask = torch.cat([ctx_mask.bool(), torch.ones(b, k + 1, dtype=torch.bool, device=self.device)], dim=1)
-        hidden = head(x, block_pos, self.context, mask[:, None, None, :])[:, 1:]
-        q_logits = _filtered(model.head(hidden), self.policy, self.banned)
-        drafts = rules.sample_tokens(q_logits, self.policy.temperature, self.generator)
+        copied = [lookup_draft(self.prompts[r] + self.out[r], k) if self.use_lookup and bool(active[r]) else None
+                  for r in range(b)]
+        if self.use_head and any(c is None for c in copied):
+            x = head.block_inputs(model.embed_tokens, self.anchor[:, None], k)[:, 0]
+            mask = torch.cat([ctx_mask.bool(), torch.ones(b, k + 1, dtype=torch.bool, device=self.device)], dim=1)
+            hidden = head(x, block_pos, self.context, mask[:, None, None, :])[:, 1:].contiguous()
+            q_logits = _filtered(model.head(hidden), self.policy, self.banned)
+            drafts = rules.sample_tokens(q_logits, self.policy.temperature, self.generator)
+            self.stats.head_passes += 1
+        else:  # no head (or every row copies): a placeholder the copies overwrite; rows without one repeat the anchor
+            drafts = self.anchor[:, None].expand(b, k).clone()
+            q_logits = torch.full((b, k, model.config.vocab_size), float("-inf"), device=self.device)
+            q_logits.scatter_(-1, drafts[..., None], 0.0)
+        for r, c in enumerate(copied):
+            if c is not None:  # a deterministic proposal: q is one-hot on the copied token
+                drafts[r] = torch.tensor(c, device=self.device)
+                q_logits[r] = float("-inf")
+                q_logits[r].scatter_(-1, drafts[r][:, None], 0.0)
+        self.stats.lookup_rounds += sum(c is not None for c in copied)
         t1 = time.perf_counter()
         outs: list[torch.Tensor] = []
         step_in = torch.cat([self.anchor[:, None], drafts], dim=1)
@@ -197,7 +244,8 @@ class VerifiedDecoder:
         kept = (col <= accepted[:, None]).long()
         self.cache.attention_mask = torch.cat([ctx_mask.to(kept.dtype), kept], dim=1)
         self.cache.crop(past + keep)
-        head.context_kv(head.fuse_features(outs)[:, :keep], block_pos[:, :keep], self.context)
+        if self.use_head:
+            head.context_kv(head.fuse_features(outs)[:, :keep], block_pos[:, :keep], self.context)
         t2 = time.perf_counter()
         self.stats.draft_seconds += t1 - t0
         self.stats.verify_seconds += t2 - t1

@@ -254,7 +254,9 @@ def _job(body: Decoding, ids: list[int], suffix: list[int] | None, backend: Back
         policy.decoding = body.decoding
     if body.draft_length is not None:
         policy.draft_length = body.draft_length
-    if policy.decoding == "verified" and getattr(backend, "drafter", None) is None:
+    if body.draft_source is not None:
+        policy.draft_source = body.draft_source
+    if policy.decoding == "verified" and policy.draft_source != "lookup" and getattr(backend, "drafter", None) is None:
         raise APIError(400, f"verified decoding needs an AR model with a draft head; '{backend.name}' has none",
                        "decoding")
     try:

@@ -45,6 +45,8 @@ class Decoding(BaseModel):
         None, description="'verified': a draft head proposes blocks and the model keeps exactly its own choices "
                           "(the default for a model that ships a draft head); 'auto': the model's plain sampler.")
     draft_length: int | None = Field(None, ge=1, le=64, description="Verified decoding: tokens drafted per round.")
+    draft_source: Literal["head", "lookup", "head+lookup"] | None = Field(
+        None, description="Verified decoding: drafts from the draft head, copied from earlier text, or both.")
 
 
 class CompletionRequest(Decoding):
