@@ -200,7 +200,8 @@ def _chi_square(counts: torch.Tensor, expected_p: torch.Tensor, n: int) -> tuple
 
 
 @pytest.mark.parametrize("options", [dict(temperature=1.0), dict(temperature=0.7, top_k=6),
-                                     dict(temperature=1.0, draft_source="head+lookup")])
+                                     dict(temperature=1.0, draft_source="head+lookup"),
+                                     dict(temperature=0.8, draft_source="lookup")])
 def test_sampled_tokens_follow_the_causal_models_distribution(options):
     """4000 independent rows (one batch, one seed): tokens 2 and 3 of each row come out of the
     speculative rule (token 1 comes from the prefill).  Their histograms must pass a chi-square test

@@ -201,17 +201,20 @@ class VerifiedDecoder:
     @torch.no_grad()
     def round(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Draft, verify, accept and roll back once.  Returns (drafts (B, k), accepted counts (B,);
-        -1 for rows that were already done)."""
+        -1 for rows that were already done).  With copied drafts only (``draft_source="lookup"``) and no
+        row holding a match, the round drafts nothing (k = 0): one plain AR step."""
         model, head, k, b = self.model, self.drafter, self.k, self.b
         active = ~self.done
+        t0 = time.perf_counter()
+        copied = [lookup_draft(self.prompts[r] + self.out[r], k) if self.use_lookup and bool(active[r]) else None
+                  for r in range(b)]
+        if not self.use_head and all(c is None for c in copied):
+            k = 0  # nothing to copy and no head: a plain AR step (the anchor alone), not k wasted positions
         block_pos = self.next_pos[:, None] + torch.arange(k + 1, device=self.device)
         past = self.cache.length
         ctx_mask = self.cache.attention_mask
         if ctx_mask is None:
             ctx_mask = torch.ones(b, past, dtype=torch.long, device=self.device)
-        t0 = time.perf_counter()
-        copied = [lookup_draft(self.prompts[r] + self.out[r], k) if self.use_lookup and bool(active[r]) else None
-                  for r in range(b)]
         if self.use_head and any(c is None for c in copied):
             x = head.block_inputs(model.embed_tokens, self.anchor[:, None], k)[:, 0]
             mask = torch.cat([ctx_mask.bool(), torch.ones(b, k + 1, dtype=torch.bool, device=self.device)], dim=1)
