@@ -172,7 +172,7 @@ def _chi_square_critical(df: int, z: float = 3.09) -> float:
 def _exact_marginals(model, prompt: list[int], policy: DecodePolicy, steps: int) -> list[torch.Tensor]:
     """Exact distributions of generated tokens 1..steps under plain AR sampling with ``policy``,
     by enumerating every prefix (the vocabulary is tiny)."""
-    from quicksilver.sampling.diffusion import never_sample_ids
+    from quicksilver.sampling.stops import never_sample_ids
     from quicksilver.sampling.verified import _filtered
 
     banned = never_sample_ids(model.config)

@@ -3,7 +3,6 @@
 ``LM`` is also the ``Backend`` (``backend.py``) that the engine and the server serve."""
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -13,8 +12,9 @@ import torch
 from .chat import render_chat
 from .loading.checkpoint import load_model
 from .model import Transformer
-from .sampling import DecodePolicy, GenerationError, GenerationResult, StepEvent, generate
-from .sampling.infill import diffusion_infill
+from .sampling import Canvas, DecodePolicy, GenerationError, StepEvent, TextResult, fill, generate, resolve_policy
+from .sampling.canvas import fim_prompt
+from .sampling.policy import FAMILY_DEFAULTS
 from .tokenizer import Tokenizer
 
 
@@ -50,28 +50,28 @@ class LM:
 
     @property
     def stop_ids(self) -> list[int]:  # optional for a Backend: end of text and end of turn (LLaDA, Dream)
-        return [int(i) for i in getattr(self.model.config, "stop_ids", [self.model.config.eos_token_id])]
+        return [int(i) for i in self.model.config.stop_ids]
 
     @property
     def default_policy(self) -> DecodePolicy:
-        """What a server request gets when it names no decoding option: for a diffusion model the
-        threshold rule (commits every position the model is >= 90% sure of, at least one per step) with
-        early stop, which is several times faster than one token per step at nearly the same quality
-        (docs/benchmarks.md); greedy left-to-right decoding for the AR twin.  LLaDA and Dream get their
-        reference sampler (``sampling.presets.FAMILY_DEFAULTS``)."""
-        from .sampling.presets import FAMILY_DEFAULTS, preset_policy
-
-        family = FAMILY_DEFAULTS.get(getattr(self.model.config, "family", None))
-        if family:
-            return preset_policy(family)
-        if self.is_diffusion:
-            return DecodePolicy(block_length=32, commit="threshold", threshold=0.9, early_stop=True)
-        if self.drafter is not None:  # same output as plain AR (greedy) or same distribution, sooner
-            return DecodePolicy(decoding="verified")
-        return DecodePolicy()
+        """What a server request gets when it names no decoding option: for a diffusion model
+        ``sampling.policy.DEFAULT_PRESET`` (the threshold rule with early stop), for LLaDA and Dream their
+        family's reference sampler (``FAMILY_DEFAULTS``); greedy left-to-right decoding for the AR twin, verified
+        when it ships a draft head (the same output as plain greedy decoding, or the same distribution, sooner;
+        drafts copied from earlier text where there is a match, ``docs/benchmarks.md``)."""
+        if not self.is_diffusion and self.drafter is not None:
+            return resolve_policy(diffusion=False, decoding="verified", draft_source=VERIFIED_DEFAULT_SOURCE)
+        return resolve_policy(FAMILY_DEFAULTS.get(self.model.config.family), diffusion=self.is_diffusion)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text)
+
+    def encode_literal(self, text: str) -> list[int]:  # optional for a Backend: special tokens as text
+        return self.tokenizer.encode_literal(text)
+
+    @property
+    def special_texts(self) -> list[str]:
+        return self.tokenizer.special_texts
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(ids)
@@ -85,30 +85,28 @@ class LM:
         return render_chat(messages, self.chat_template)
 
     def generate_ids(self, prompts: list[list[int]], policy: DecodePolicy,
-                     on_step: Callable[[StepEvent], None] | None = None) -> GenerationResult:
-        result = generate(self.model, prompts, policy, on_step=on_step, drafter=self.drafter)
-        result.texts = [self.tokenizer.decode(row) for row in result.ids]
-        return result
+                     on_step: Callable[[StepEvent], None] | None = None) -> TextResult:
+        return TextResult.of(generate(self.model, prompts, policy, on_step=on_step, drafter=self.drafter),
+                             self.tokenizer.decode)
 
     def infill_ids(self, prefix: list[int], suffix: list[int], policy: DecodePolicy,
-                   on_step: Callable[[StepEvent], None] | None = None) -> GenerationResult:
-        """Diffusion: masks between prefix and suffix (``sampling.infill``).  AR twin: its
-        prefix-suffix-middle format, ``<fim_prefix> prefix <fim_suffix> suffix <fim_middle>``."""
-        import time
-
-        cfg = self.model.config
+                   on_step: Callable[[StepEvent], None] | None = None) -> TextResult:
+        """Diffusion: the canvas ``[prefix | mask * max_new_tokens | suffix]`` through the block decoder.
+        AR twin: its prefix-suffix-middle prompt (``canvas.fim_prompt``) as a completion."""
         if not self.is_diffusion:
-            return self.generate_ids([[cfg.fim_prefix_id, *prefix, cfg.fim_suffix_id, *suffix, cfg.fim_middle_id]],
-                                     policy, on_step)
-        if not prefix and not suffix:
-            raise GenerationError("the prompt is empty")
-        policy.validate()
-        start = time.perf_counter()
-        fills, forwards = diffusion_infill(self.model, [prefix], [suffix], policy.max_new_tokens, policy, on_step)
-        ids = fills[0]
-        return GenerationResult(ids=[ids], texts=[self.tokenizer.decode(ids)], nfe=forwards[0],
-                                generated_tokens=len(ids), seconds=time.perf_counter() - start,
-                                finished=[len(ids) < policy.max_new_tokens], row_forwards=forwards[0])
+            return self.generate_ids([self.fim_prompt(prefix, suffix)], policy, on_step)
+        return self.fill_ids([Canvas.infill(prefix, policy.max_new_tokens, suffix)], policy, on_step)
+
+    def fim_prompt(self, prefix: list[int], suffix: list[int]) -> list[int]:
+        """The AR twin's prefix-suffix-middle prompt for a fill between ``prefix`` and ``suffix``."""
+        cfg = self.model.config
+        return fim_prompt(prefix, suffix, cfg.fim_prefix_id, cfg.fim_suffix_id, cfg.fim_middle_id)
+
+    def fill_ids(self, canvases: list[Canvas], policy: DecodePolicy,
+                 on_step: Callable[[StepEvent], None] | None = None) -> TextResult:
+        """Fill any canvases (``sampling.canvas``); ``result.spans`` holds each row's spans."""
+        return TextResult.of(fill(self.model, canvases, policy, on_step=on_step, drafter=self.drafter),
+                             self.tokenizer.decode)
 
     def decoder(self, policy: DecodePolicy):
         """Step-level batching (optional capability the engine looks for): a ``BlockDecoder`` that
@@ -127,25 +125,20 @@ class LM:
     def generate(self, prompt: str | list[str], max_new_tokens: int = 128, steps: int | None = None,
                  block_length: int = 32, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                  seed: int | None = None, stop_at_eos: bool = True,
-                 on_step: Callable[[StepEvent], None] | None = None, **decoding) -> GenerationResult:
+                 on_step: Callable[[StepEvent], None] | None = None, **decoding) -> TextResult:
         """Complete one prompt (or a list of prompts, decoded as one batch).
 
         ``decoding`` takes any other ``DecodePolicy`` field, e.g. ``commit="threshold"``,
-        ``threshold=0.9``, ``cache="dual"``, or ``decoding="verified"`` (with ``draft_length``) for a
-        causal model with a draft head: the head drafts, the model keeps what it would write itself.
+        ``threshold=0.9``, ``cache="dual"``, or ``decoding="verified"`` (with ``draft_length``,
+        ``draft_source``) for a causal model: drafts are checked and the model keeps exactly its own choices.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        known = {f.name for f in dataclasses.fields(DecodePolicy)}
-        unknown = sorted(set(decoding) - known)
-        if unknown:
-            raise GenerationError(f"unknown decoding option{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}")
-        policy = DecodePolicy(max_new_tokens=max_new_tokens, block_length=block_length, steps=steps,
-                              temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                              stop_at_eos=stop_at_eos, **decoding)
+        policy = resolve_policy("reference", max_new_tokens=max_new_tokens, block_length=block_length, steps=steps,
+                                temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                                stop_at_eos=stop_at_eos, **decoding)
         ids = [self.encode_prompt(p) for p in prompts]
-        result = generate(self.model, ids, policy, on_step=on_step, drafter=self.drafter)
-        result.texts = [self.tokenizer.decode(row) for row in result.ids]
-        return result
+        return TextResult.of(generate(self.model, ids, policy, on_step=on_step, drafter=self.drafter),
+                             self.tokenizer.decode)
 
 
 def load(name_or_path: str | os.PathLike = "coder-tiny", device: str | None = None,
@@ -162,13 +155,6 @@ def load(name_or_path: str | os.PathLike = "coder-tiny", device: str | None = No
         return DiffusionGemmaBackend.from_folder(folder, name=str(name_or_path), device=device, dtype=dtype)
     model, tokenizer = load_model(folder, device=device, dtype=dtype, progress=progress)
     return LM(model, tokenizer, str(name_or_path), drafter=_drafter_for(folder, model))
-
-
-def _drafter_for(folder, model):
-    """The draft head shipped in ``folder/drafter/`` for a causal model, or None."""
-    from .drafter import find_drafter, load_drafter
-    found = find_drafter(folder) if model.config.causal else None
-    return load_drafter(found, model) if found is not None else None
 
 
 def load_backend(name_or_path: str | os.PathLike = "coder-tiny", device: str | None = None,
@@ -188,3 +174,15 @@ def load_backend(name_or_path: str | os.PathLike = "coder-tiny", device: str | N
         dtype = torch.float32
     model, tokenizer = load_model(folder, device=device, dtype=dtype, progress=progress)
     return LM(model, tokenizer, str(name_or_path), drafter=_drafter_for(folder, model))
+
+
+# The drafts the default verified decoding uses (``DecodePolicy.draft_source``): the fastest measured
+# on the bundled twin (docs/benchmarks.md, "Verified decoding").
+VERIFIED_DEFAULT_SOURCE = "lookup"
+
+
+def _drafter_for(folder, model):
+    """The draft head shipped in ``folder/drafter/`` for a causal model, or None."""
+    from .drafter import find_drafter, load_drafter
+    found = find_drafter(folder) if model.config.causal else None
+    return load_drafter(found, model) if found is not None else None

@@ -38,8 +38,8 @@ import torch
 
 from ..model import KVCache
 from . import rules
-from .batch import cut_at_eos, left_pad
-from .diffusion import never_sample_ids, stop_tensor
+from .batch import left_pad
+from .stops import cut_at_eos, never_sample_ids, stop_tensor
 from .types import DecodePolicy, GenerationError, GenerationResult, StepEvent
 
 
@@ -170,6 +170,7 @@ class VerifiedDecoder:
         outs: list[torch.Tensor] = []
         hidden = model.hidden_states(tokens, positions=positions, attention_mask=attention, cache=self.cache,
                                      layer_outputs=outs)
+        self.cache.attention_mask = attention  # the prompt's padding (the cache's owner keeps its mask)
         self.context = drafter.context_kv(drafter.fuse_features(outs), positions) if self.use_head else None
         first = self._choose(model.head(hidden[:, -1]))
         self.next_pos = positions[:, -1] + 1  # the anchor's position
@@ -309,7 +310,7 @@ def generate_verified(model, drafter, prompts: list[list[int]], policy: DecodePo
         kept, fin = cut_at_eos(row, dec.stops.tolist())
         ids.append(kept)
         finished.append(fin)
-    return GenerationResult(ids=ids, texts=[], nfe=dec.forwards, generated_tokens=sum(map(len, ids)),
+    return GenerationResult(ids=ids, nfe=dec.forwards, generated_tokens=sum(map(len, ids)),
                             seconds=seconds, finished=finished, history=history,
                             first_token_seconds=first_token_seconds, row_forwards=dec.forwards * dec.b,
                             verified=dec.stats)

@@ -35,7 +35,7 @@ from ..data.shards import ShardDataset
 from ..drafter import DraftHead, DrafterSpec, save_drafter
 from ..model import KVCache, Transformer
 from ..sampling import rules
-from ..sampling.diffusion import never_sample_ids
+from ..sampling.stops import never_sample_ids
 
 
 @dataclass
