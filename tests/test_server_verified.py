@@ -41,21 +41,23 @@ def frames(base: str, body: dict) -> list[dict]:
     return [json.loads(f[len("data: "):]) for f in raw[:-1]]
 
 
-def test_verified_is_the_default_and_streams_the_plain_greedy_text(server, lm):
+@pytest.mark.parametrize("source", [None, "head", "head+lookup"])
+def test_verified_is_the_default_and_streams_the_plain_greedy_text(server, lm, source):
     assert lm.default_policy.decoding == "verified"
     plain = lm.generate(PROMPT, max_new_tokens=40, decoding="auto")
-    chunks = frames(server, {"prompt": PROMPT, "max_tokens": 40, "stream": True, "diffusing": True})
+    body = {"prompt": PROMPT, "max_tokens": 40, "stream": True, "diffusing": True}
+    chunks = frames(server, body if source is None else {**body, "draft_source": source})
     text = "".join(c["choices"][0]["text"] for c in chunks if c["choices"])
     assert text == plain.text
     drafts = [c["draft"] for c in chunks if "draft" in c]
     assert drafts and all(len(d["tokens"]) == 40 for d in drafts)
-    rounds = [d for d in drafts if "proposed" in d]
+    rounds = [d for d in drafts if any(t is not None for t in d.get("proposed") or [])]
     assert rounds, "each round's drafts travel in the draft frame"
     for d in rounds:
         accepted = [t for t in d["tokens"] if t is not None]
-        proposed = [i for i, t in enumerate(d["proposed"]) if t is not None]
-        assert proposed and proposed[0] < len(d["tokens"])
         assert d["tokens"][:len(accepted)] == accepted  # accepted tokens form a prefix of the region
+    # a draft sits where it was proposed: after the text accepted before its round
+    assert all(min(i for i, t in enumerate(d["proposed"]) if t is not None) >= 1 for d in rounds)
     filled = [sum(t is not None for t in d["tokens"]) for d in drafts]
     assert filled == sorted(filled)  # accepted text only grows
     assert all(c["choices"][0]["text"] == "" for c in chunks if "draft" in c)
