@@ -101,9 +101,11 @@ def generate(
     window: Optional[int] = typer.Option(None, help="Masked positions after the block the model sees (default: all)."),
     early_stop: Optional[bool] = typer.Option(None, "--early-stop/--no-early-stop",
                                               help="Stop as soon as end of text is final (no pass on trailing padding)."),
+    decoding: Optional[str] = typer.Option(None, help="AR model: verified (drafts checked by the model, which keeps "
+                                                      "exactly what it would write; the default with a draft head) or "
+                                                      "auto (its plain sampler)."),
     verified: Optional[bool] = typer.Option(None, "--verified/--no-verified",
-                                            help="AR model with a draft head: the head drafts a block, the model keeps "
-                                                 "exactly what it would write (the default when the model ships one)."),
+                                            help="Shorthand for --decoding verified / --decoding auto."),
     draft_length: Optional[int] = typer.Option(None, help="--verified: tokens drafted per round (default 8)."),
     draft_source: Optional[str] = typer.Option(None, help="--verified: where drafts come from: head (the draft head), "
                                                           "lookup (copied from earlier text) or head+lookup."),
@@ -135,7 +137,7 @@ def generate(
                    top_k=top_k, top_p=top_p, seed=seed, commit=commit, threshold=threshold, factor=factor,
                    entropy_bound=entropy_bound, score=score, schedule=schedule, score_tempered=score_tempered,
                    cache=cache, refresh=refresh, window=window, early_stop=early_stop, stop_at_eos=stop_at_eos,
-                   decoding=None if verified is None else ("verified" if verified else "auto"),
+                   decoding=decoding or (None if verified is None else ("verified" if verified else "auto")),
                    draft_length=draft_length, draft_source=draft_source)
     # Check the decoding options before anything is loaded or drawn, so a bad option prints only its error.
     resolve_policy(preset, base=None if preset else DecodePolicy(), **options)
