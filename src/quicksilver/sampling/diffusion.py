@@ -41,8 +41,6 @@ from .step import block_plan, choose, filter_logits, fixed_counts
 from .stops import never_sample_ids, stop_tensor
 from .types import DecodePolicy, GenerationError, GenerationResult, StepEvent
 
-steps_per_block = block_plan  # the older name
-
 
 @dataclass
 class StepReport:
@@ -407,5 +405,4 @@ def _drive(decoder: BlockDecoder, handles: list[int], on_step, keep_history: boo
                             spans=spans)
 
 
-__all__ = ["fill", "generate_diffusion", "BlockDecoder", "StepReport", "steps_per_block", "never_sample_ids",
-           "stop_tensor", "ContextCache"]
+__all__ = ["fill", "generate_diffusion", "BlockDecoder", "StepReport", "ContextCache"]
