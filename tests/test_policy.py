@@ -101,7 +101,7 @@ def test_setting_names_compose_cache_and_rule():
     assert resolve_policy("dual-inc+fixed4", defaults=dict(max_new_tokens=256)).steps == 64
     # the evaluation's older spelling reads as the same setting
     assert policy_from_setting("threshold:0.8", 64) == resolve_policy("thr0.8", max_new_tokens=64, block_length=32)
-    for bad in ("fast", "fixed:0", "threshold:x", "dual+", "", "gpu+thr0.5", "dual+thr0.5x"):
+    for bad in ("turbo", "fixed:0", "threshold:x", "dual+", "", "gpu+thr0.5", "dual+thr0.5x"):
         with pytest.raises(GenerationError):
             resolve_policy(bad)
 

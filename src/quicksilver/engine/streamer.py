@@ -81,7 +81,8 @@ class RowState:
         self._send(text)
         reason = "stop" if (hit or ended_by_eos) else "length"
         self.tokens = len(ids)
-        self.request.sink(Finished(self.index, text, reason, len(ids), self.nfe))
+        self.request.sink(Finished(self.index, text, reason, len(ids), self.nfe, ids=list(ids), eos=ended_by_eos,
+                                   cut=hit))
 
     def finish_early(self) -> None:
         """Out of time, or settled by a stop sequence: the final text is the committed prefix."""

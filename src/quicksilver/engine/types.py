@@ -58,6 +58,11 @@ class Finished:
     finish_reason: str  # "stop" | "length"
     tokens: int  # generated tokens (before a stop-sequence cut)
     nfe: int  # forward passes this choice took part in
+    # The generated ids (before a stop-sequence cut, without end of text), whether end of text ended
+    # them, and whether a stop sequence cut the text: what the server's ``logprobs`` scores.
+    ids: list[int] = field(default_factory=list)
+    eos: bool = False
+    cut: bool = False
 
 
 @dataclass

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, create_model, model_validator
 from pydantic_core import PydanticCustomError
 
 from ..prompting import text_problem
@@ -21,8 +21,18 @@ from ..prompting import text_problem
 from ..sampling.policy import FIELD_HELP
 from ..sampling.types import DecodePolicy
 
-MAX_STOPS = 4
+from .prompts import PROMPT_JSON_SCHEMA, check_prompt_shape
+
+# Evaluation harnesses pass a task's stop list and add end of text (lm-evaluation-harness: a task's
+# four stops become five), so the cap is well above OpenAI's 4.
+MAX_STOPS = 32
 MAX_STOP_CHARS = 128
+MAX_LOGPROBS = 20  # top alternatives per position (OpenAI allows 5, vLLM 20)
+
+# ``prompt`` of /v1/completions: every shape the OpenAI API allows (a string, a list of strings, a
+# list of token ids, a list of lists of token ids), checked by one function so that a wrong value is
+# reported in plain words ("'prompt' must be a string, ...") rather than one error per union member.
+Prompt = Annotated[Any, BeforeValidator(check_prompt_shape), WithJsonSchema(PROMPT_JSON_SCHEMA)]
 
 
 def _first_bad_text(value, path: str) -> tuple[str, str] | None:
@@ -64,17 +74,18 @@ class OpenAIFields(BaseModel):
         return data
 
     model: str | None = Field(None, max_length=256)
-    max_tokens: int | None = Field(None, ge=1, le=2**31 - 1, description="Most tokens to generate.")
+    max_tokens: int | None = Field(None, ge=0, le=2**31 - 1, description="Most tokens to generate (0 only with echo).")
     temperature: float | None = Field(None, ge=0.0, le=2.0, description="0 is greedy (the default, unless a "
                                                                          "preset is named).")
     top_p: float | None = Field(None, gt=0.0, le=1.0, description="Nucleus sampling (default 1, unless a preset "
                                                                    "is named).")
     stop: str | list[str] | None = Field(None, description=f"Up to {MAX_STOPS} stop sequences.")
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
-    n: int = Field(1, ge=1, le=128, description="Choices to generate (the server caps it).")
+    n: int = Field(1, ge=1, description="Choices to generate per prompt (the server's --max-n caps it).")
     stream: bool = False
     stream_options: StreamOptions | None = None
-    logprobs: int | bool | None = Field(None, description="Not supported: must be null or false.")
+    logprobs: int | bool | None = Field(None, description=f"Completions: log-probabilities of the tokens and this many "
+                                        f"top alternatives (0 to {MAX_LOGPROBS}; autoregressive models only).")
     # -- Quicksilver's decoding -----------------------------------------------------------------------
     preset: str | None = Field(None, max_length=64, description="A preset or setting name, e.g. 'llada' or "
                                                                 "'dual-inc+thr0.7' (docs/serving.md); the "
@@ -101,9 +112,11 @@ Decoding = create_model("Decoding", __base__=OpenAIFields, __doc__="Fields share
 
 
 class CompletionRequest(Decoding):
-    prompt: str | list[str] = Field(..., description="A string (or a list holding one string).")
+    prompt: Prompt = Field(..., description="A string, a list of strings, a list of token ids or a list of lists of "
+                                            "token ids; choice i * n + j belongs to prompt i.")
     suffix: str | None = Field(None, description="Fill in the middle: the text after the completion.")
-    echo: bool = False
+    echo: bool = Field(False, description="Return the prompt before the completion (with logprobs: its tokens "
+                                          "scored too; max_tokens 0 scores the prompt alone).")
 
 
 class ContentPart(BaseModel):
