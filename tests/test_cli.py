@@ -50,7 +50,14 @@ def test_generate_with_the_bundled_model_live_and_plain():
 def test_generate_with_the_twin():
     result = run("generate", "import os", "--model", "coder-tiny-ar", "--max-new-tokens", "8", "--no-live")
     assert result.returncode == 0, result.stderr
-    assert "coder-tiny-ar (autoregressive)" in result.stdout
+    assert "coder-tiny-ar (verified: " in result.stdout  # the twin ships a draft head: verified by default
+    plain = run("generate", "import os", "--model", "coder-tiny-ar", "--max-new-tokens", "8", "--no-live",
+                "--no-verified")
+    assert plain.returncode == 0, plain.stderr
+    assert "coder-tiny-ar (autoregressive)" in plain.stdout
+    assert plain.stdout.split("\n")[0] == result.stdout.split("\n")[0]  # the same greedy text
+    refused = run("generate", "import os", "--model", "coder-tiny", "--verified", "--no-live")
+    assert refused.returncode == 2 and "causal" in refused.stderr and "Traceback" not in refused.stderr
 
 
 def test_generate_with_a_checkpoint_folder(model_dir):

@@ -16,7 +16,8 @@ from quicksilver.sampling.types import COMMIT_RULES
 CHANGED = dict(max_new_tokens=24, block_length=8, steps=6, temperature=0.7, top_k=5, top_p=0.9, seed=3,
                stop_at_eos=False, commit="factor", score="margin", schedule="dream", score_tempered=True,
                threshold=0.6, factor=2.5, entropy_bound=0.25, cache="dual", refresh="incremental", window=12,
-               early_stop=True, correct="both", remask_share=0.5, edit_threshold=0.8, edit_passes=3)
+               early_stop=True, correct="both", remask_share=0.5, edit_threshold=0.8, edit_passes=3,
+               decoding="verified", draft_length=4, draft_source="lookup")
 
 
 def test_changed_covers_every_field_with_a_new_value():

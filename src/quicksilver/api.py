@@ -28,6 +28,9 @@ class LM:
 
     # The chat template; Quicksilver's own models carry none and use ``chat.DEFAULT_CHAT_TEMPLATE``.
     chat_template: str | None = None
+    # A draft head for verified decoding (``quicksilver.drafter``), loaded from ``<folder>/drafter/``
+    # of a causal model when it ships one (the bundled twin does).
+    drafter: object | None = None
 
     @property
     def is_diffusion(self) -> bool:
@@ -57,7 +60,11 @@ class LM:
         the ``fast`` preset (DualCache, incremental refresh, threshold 0.3, early stop: the fastest
         measured setting that keeps the reference sampler's output, docs/benchmarks.md); for LLaDA and
         Dream their family's reference sampler (``FAMILY_DEFAULTS``); greedy left-to-right decoding for
-        the AR twin.  ``preset="reference"`` is the reference sampler."""
+        the AR twin, verified decoding when it ships a draft head (the same output as plain greedy
+        decoding, token for token, sooner: drafts copied from earlier text, docs/benchmarks.md, "Verified
+        decoding").  ``preset="reference"`` is the reference sampler."""
+        if not self.is_diffusion and self.drafter is not None:
+            return resolve_policy(diffusion=False, decoding="verified", draft_source=VERIFIED_DEFAULT_SOURCE)
         return resolve_policy(FAMILY_DEFAULTS.get(self.model.config.family), diffusion=self.is_diffusion)
 
     @property
@@ -98,7 +105,8 @@ class LM:
 
     def generate_ids(self, prompts: list[list[int]], policy: DecodePolicy,
                      on_step: Callable[[StepEvent], None] | None = None) -> TextResult:
-        return TextResult.of(generate(self.model, prompts, policy, on_step=on_step), self.tokenizer.decode)
+        return TextResult.of(generate(self.model, prompts, policy, on_step=on_step, drafter=self.drafter),
+                             self.tokenizer.decode)
 
     def infill_ids(self, prefix: list[int], suffix: list[int], policy: DecodePolicy,
                    on_step: Callable[[StepEvent], None] | None = None) -> TextResult:
@@ -116,7 +124,8 @@ class LM:
     def fill_ids(self, canvases: list[Canvas], policy: DecodePolicy,
                  on_step: Callable[[StepEvent], None] | None = None) -> TextResult:
         """Fill any canvases (``sampling.canvas``); ``result.spans`` holds each row's spans."""
-        return TextResult.of(fill(self.model, canvases, policy, on_step=on_step), self.tokenizer.decode)
+        return TextResult.of(fill(self.model, canvases, policy, on_step=on_step, drafter=self.drafter),
+                             self.tokenizer.decode)
 
     def decoder(self, policy: DecodePolicy):
         """Step-level batching (optional capability the engine looks for): a ``BlockDecoder`` that
@@ -266,7 +275,9 @@ class LM:
         ``fast`` preset) unless ``preset`` names another (``preset="reference"`` is the reference
         sampler, one token per forward pass); every argument given overrides it, and ``decoding``
         takes any other ``DecodePolicy`` field, e.g. ``commit="threshold"``, ``threshold=0.9``,
-        ``cache="dual"``.  ``steps`` alone selects the fixed schedule.
+        ``cache="dual"``, or ``decoding="verified"`` (with ``draft_length``, ``draft_source``) for a
+        causal model: drafts are checked and the model keeps exactly its own choices.  ``steps`` alone
+        selects the fixed schedule.
         """
         policy = self.policy(preset, max_new_tokens=max_new_tokens, steps=steps, block_length=block_length,
                              temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop_at_eos=stop_at_eos,
@@ -285,7 +296,8 @@ class LM:
             raise GenerationError(f"the prompt must be a string, a list of token ids or a list of those, "
                                   f"not {_kind(prompt)}")
         ids = [self.encode_prompt(p) for p in prompts]
-        return TextResult.of(generate(self.model, ids, policy, on_step=on_step), self.tokenizer.decode)
+        return TextResult.of(generate(self.model, ids, policy, on_step=on_step, drafter=self.drafter),
+                             self.tokenizer.decode)
 
     def infill(self, prefix: str, suffix: str, max_new_tokens: int | None = None,
                on_step: Callable[[StepEvent], None] | None = None, policy: DecodePolicy | None = None,
@@ -331,7 +343,7 @@ def load(name_or_path: str | os.PathLike = "coder-tiny", device: str | None = No
         from .loading.families.diffusion_gemma import DiffusionGemmaBackend
         return DiffusionGemmaBackend.from_folder(folder, name=str(name_or_path), device=device, dtype=dtype)
     model, tokenizer = load_model(folder, device=device, dtype=dtype, progress=progress)
-    return LM(model, tokenizer, str(name_or_path))
+    return LM(model, tokenizer, str(name_or_path), drafter=_drafter_for(folder, model))
 
 
 def load_backend(name_or_path: str | os.PathLike = "coder-tiny", device: str | None = None,
@@ -351,4 +363,16 @@ def load_backend(name_or_path: str | os.PathLike = "coder-tiny", device: str | N
     if family == "quicksilver" and dtype is None:
         dtype = torch.float32
     model, tokenizer = load_model(folder, device=device, dtype=dtype, progress=progress)
-    return LM(model, tokenizer, str(name_or_path))
+    return LM(model, tokenizer, str(name_or_path), drafter=_drafter_for(folder, model))
+
+
+# The drafts the default verified decoding uses (``DecodePolicy.draft_source``): the fastest measured
+# on the bundled twin (docs/benchmarks.md, "Verified decoding").
+VERIFIED_DEFAULT_SOURCE = "lookup"
+
+
+def _drafter_for(folder, model):
+    """The draft head shipped in ``folder/drafter/`` for a causal model, or None."""
+    from .drafter import find_drafter, load_drafter
+    found = find_drafter(folder) if model.config.causal else None
+    return load_drafter(found, model) if found is not None else None

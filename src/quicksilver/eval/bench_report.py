@@ -18,6 +18,15 @@ import torch
 # The autoregressive baselines: the twin with its KV cache and transformers' generate() on its weights.
 # ``bench`` runs them; the report measures every diffusion setting against them.
 AR_SYSTEMS = ("ar-twin", "hf-llama")
+# Verified decoding on the AR twin with its draft head (``bench_verified``): name -> tokens drafted per round.
+# "-lookup": drafts copied from earlier text only (no head); "-hybrid": copied where possible, else the head.
+VERIFIED_SYSTEMS = {"verified-k4": 4, "verified-k6": 6, "verified-k8": 8, "verified-k11": 11,
+                    "verified-k8-lookup": 8, "verified-k8-hybrid": 8, "verified-k4-hybrid": 4}
+DEFAULT_VERIFIED = ("verified-k4", "verified-k8", "verified-k8-lookup", "verified-k8-hybrid")
+
+
+def draft_source_of(system: str) -> str:
+    return "lookup" if system.endswith("-lookup") else "head+lookup" if system.endswith("-hybrid") else "head"
 
 
 @dataclass
@@ -40,6 +49,12 @@ class Row:
     same_body_share: float | None
     completions: list[str] = field(default_factory=list, repr=False)
     ids: list[list[int]] = field(default_factory=list, repr=False)
+    # -- verified decoding only --------------------------------------------------------------------------
+    accepted_mean: float | None = None  # drafts accepted per round (the round also emits one bonus token)
+    accepted_histogram: list[int] | None = None  # row-rounds that accepted 0, 1, ..., k drafts
+    draft_ms_per_round: float | None = None
+    verify_ms_per_round: float | None = None
+    identical_share_fp32: float | None = None  # identical to the twin's greedy output, both in float32
 
 
 def target_summary(results: list[dict], speedup: float = 3.0, parse_gap: float = 0.05) -> dict | None:
@@ -48,7 +63,7 @@ def target_summary(results: list[dict], speedup: float = 3.0, parse_gap: float =
     for ``speedup`` at its own cost per forward pass."""
     rows = [r for r in results if r["batch"] == 1]
     ar = next((r for r in rows if r["system"] == "ar-twin"), None)
-    diffusion = [r for r in rows if r["system"] not in AR_SYSTEMS]
+    diffusion = [r for r in rows if r["system"] not in AR_SYSTEMS and r["system"] not in VERIFIED_SYSTEMS]
     if ar is None or not diffusion:
         return None
     ar_ms_per_token = 1000 / ar["tokens_per_second"]
@@ -67,11 +82,50 @@ def target_summary(results: list[dict], speedup: float = 3.0, parse_gap: float =
     }
 
 
-def target_lines(result: dict) -> list[str]:
-    t = result.get("target")
+def verified_target(results: list[dict], speedup: float = 2.5) -> dict | None:
+    """Batch 1: the fastest verified system against the twin, whether it is >= ``speedup`` times the
+    twin's tokens/s with 100% identical output (timed dtype and float32), and the tokens a round must
+    emit (accepted drafts + 1) for ``speedup`` at each system's measured cost per round."""
+    rows = [r for r in results if r["batch"] == 1]
+    ar = next((r for r in rows if r["system"] == "ar-twin"), None)
+    ver = [r for r in rows if r["system"] in VERIFIED_SYSTEMS]
+    if ar is None or not ver:
+        return None
+    best = max(ver, key=lambda r: r["tokens_per_second"])
+    ar_ms_per_token = 1000 / ar["tokens_per_second"]
+    needed = {r["system"]: speedup * (r["draft_ms_per_round"] + r["verify_ms_per_round"]) / ar_ms_per_token
+              for r in ver}
+    speed = best["tokens_per_second"] / ar["tokens_per_second"]
+    identical = best["identical_share"] or 0.0
+    return {"best": best["system"], "speedup": speed, "identical_share": identical,
+            "identical_share_fp32": best.get("identical_share_fp32"),
+            "met": bool(speed >= speedup and identical >= 1.0 and (best.get("identical_share_fp32") or 0) >= 1.0),
+            "tokens_per_round_needed": needed}
+
+
+def verified_lines(result: dict) -> list[str]:
+    t = result.get("verified_target")
     if not t:
         return []
-    lines = [f"AR twin: {t['ar_tokens_per_second']:.0f} tokens/s, parse {_pct(t['ar_parse_share'])}."]
+    lines = [f"Verified decoding: fastest {t['best']} at {t['speedup']:.2f}× the twin's tokens/s, identical to the "
+             f"twin's greedy output {_pct(t['identical_share'])} (fp32 {_pct(t['identical_share_fp32'])}) "
+             f"(target 2.5× with 100% identical: {'met' if t['met'] else 'not met'})."]
+    for r in result["results"]:
+        if r["system"] in VERIFIED_SYSTEMS and r.get("accepted_mean") is not None:
+            lines.append(f"  {r['system']}@{r['batch']}: {r['accepted_mean']:.2f} drafts accepted per round "
+                         f"(histogram {r['accepted_histogram']}), {r['draft_ms_per_round']:.1f} ms draft + "
+                         f"{r['verify_ms_per_round']:.1f} ms verify per round"
+                         + (f"; 2.5× needs {t['tokens_per_round_needed'][r['system']]:.1f} tokens per round"
+                            if r["batch"] == 1 else ""))
+    return lines
+
+
+def target_lines(result: dict) -> list[str]:
+    lines = verified_lines(result)
+    t = result.get("target")
+    if not t:
+        return lines
+    lines += [f"AR twin: {t['ar_tokens_per_second']:.0f} tokens/s, parse {_pct(t['ar_parse_share'])}."]
     if t["best_eligible"]:
         lines.append(f"Fastest diffusion setting within 5 points of the twin's parse rate: {t['best_eligible']} at "
                      f"{t['best_eligible_speedup']:.2f}× the twin's tokens/s (target 3×: "
@@ -157,7 +211,8 @@ def plot(result: dict, path: Path) -> Path:
     for batch, marker in zip(batches, "os^vD<>p*"):
         pts = [r for r in result["results"] if r["batch"] == batch]
         for r in pts:
-            colour = "tab:red" if r["system"] in AR_SYSTEMS else "tab:blue"
+            colour = ("tab:red" if r["system"] in AR_SYSTEMS else
+                      "tab:green" if r["system"] in VERIFIED_SYSTEMS else "tab:blue")
             ax.scatter(r["tokens_per_second"], 100 * r["parse_share"], marker=marker, color=colour,
                        alpha=0.8, label=f"batch {batch}" if r is pts[0] else None)
             ax.annotate(f"{r['system']}@{batch}", (r["tokens_per_second"], 100 * r["parse_share"]),

@@ -105,12 +105,13 @@ class LocalSystem:
     cache: str | None = None  # None: the setting's own
     batch_size: int | None = None  # None: 1 for a diffusion model on CPU (padding costs more than batching
     usage: Usage = field(default_factory=Usage)  # saves there), 8 otherwise
+    drafter: object | None = None  # draft head of a causal model (setting verified:K)
     # What decodes: the same ``Backend`` the engine and the server use (``api.LM`` over model and tokenizer).
     backend: LM | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.backend is None:
-            self.backend = LM(self.model, self.tokenizer, self.name)
+            self.backend = LM(self.model, self.tokenizer, self.name, drafter=self.drafter)
         if self.batch_size is None:
             on_cpu = next(self.model.parameters()).device.type == "cpu"
             self.batch_size = 1 if (on_cpu and not self.causal) else 8
@@ -124,12 +125,24 @@ class LocalSystem:
         return "autoregressive" if self.causal else "diffusion"
 
     def policy(self, max_new_tokens: int, temperature: float = 0.0, seed: int | None = None) -> DecodePolicy:
+        if self.causal and self.setting.startswith("verified"):  # verified:K[:SOURCE], K drafted per round
+            _, _, rest = self.setting.partition(":")
+            k, _, source = rest.partition(":")
+            if not k.isdigit() or int(k) < 1:
+                raise GenerationError("verified:K needs K >= 1 tokens drafted per round")
+            policy = DecodePolicy(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                                  decoding="verified", draft_length=int(k), draft_source=source or "head")
+            policy.validate()
+            return policy
         if self.causal:
             return resolve_policy(diffusion=False, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
         return policy_from_setting(self.setting, max_new_tokens, self.block_length, self.cache, temperature, seed)
 
     def describe(self, max_new_tokens: int = 128, temperature: float = 0.0) -> str:
-        return describe_policy(self.policy(max_new_tokens, temperature), self.causal)
+        policy = self.policy(max_new_tokens, temperature)
+        if policy.decoding == "verified":
+            return f"verified, draft {policy.draft_length}, " + describe_policy(policy, True)
+        return describe_policy(policy, self.causal)
 
     def _context(self) -> int:
         return self.backend.context_length
@@ -203,17 +216,24 @@ class LocalSystem:
         return {"name": self.name, "kind": self.kind, "parameters": params, "layers": cfg.num_hidden_layers,
                 "hidden_size": cfg.hidden_size, "setting": None if self.causal else self.setting,
                 "block_length": None if self.causal else self.block_length,
-                "cache": None if self.causal else self.policy(32).cache}
+                "cache": None if self.causal else self.policy(32).cache,
+                **({"decoding": self.setting} if self.causal and self.setting.startswith("verified") else {})}
 
 
 def load_system(name: str, setting: str = DEFAULT_SETTING, block_length: int = 32, cache: str | None = None,
                 batch_size: int | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32) -> LocalSystem:
     from ..loading.checkpoint import load_model
 
+    from ..api import _drafter_for
+    from ..loading.checkpoint import resolve_model_path
+
     model, tokenizer = load_model(name, device=device, dtype=dtype)
-    system = LocalSystem(name, model, tokenizer, setting, block_length, cache, batch_size)
-    if not system.causal:
+    system = LocalSystem(name, model, tokenizer, setting, block_length, cache, batch_size,
+                         drafter=_drafter_for(resolve_model_path(name), model))
+    if not system.causal or setting.startswith("verified"):
         system.policy(32)  # validate the setting now, before any work
+    if system.causal and setting.startswith("verified") and system.drafter is None and not setting.endswith(":lookup"):
+        raise GenerationError(f"{name} ships no draft head (drafter/): the setting verified:K needs one")
     return system
 
 

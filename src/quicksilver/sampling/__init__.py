@@ -16,18 +16,24 @@ from .diffusion import fill as fill_diffusion
 from .diffusion import generate_diffusion
 from .policy import DEFAULT_PRESET, PRESETS, policy_from_setting, preset_policy, resolve_policy
 from .types import DecodePolicy, GenerationError, GenerationResult, StepEvent, TextResult
+from .verified import generate_verified
 
 
 def generate(model, prompts: list[list[int]], policy: DecodePolicy,
-             on_step: Callable[[StepEvent], None] | None = None, keep_history: bool = False) -> GenerationResult:
+             on_step: Callable[[StepEvent], None] | None = None, keep_history: bool = False,
+             drafter=None) -> GenerationResult:
     """Decode ``prompts`` (token id lists) with the sampler that fits the model: block-wise
-    diffusion for a bidirectional model, KV-cached autoregression for a causal one."""
+    diffusion for a bidirectional model, KV-cached autoregression for a causal one; with
+    ``policy.decoding == "verified"``, ``drafter`` (a draft head) drafts and the causal model verifies."""
+    if policy.decoding == "verified":
+        return generate_verified(model, drafter, prompts, policy, on_step=on_step, keep_history=keep_history)
     decode = generate_ar if model.config.causal else generate_diffusion
     return decode(model, prompts, policy, on_step=on_step, keep_history=keep_history)
 
 
 def fill(model, canvases: list[Canvas], policy: DecodePolicy,
-         on_step: Callable[[StepEvent], None] | None = None, keep_history: bool = False) -> GenerationResult:
+         on_step: Callable[[StepEvent], None] | None = None, keep_history: bool = False,
+         drafter=None) -> GenerationResult:
     """Fill ``canvases`` (``canvas.Canvas``: fixed tokens and masked spans).  A causal model fills only
     completion canvases (one span at the end, all of one length); it infills through its
     prefix-suffix-middle prompt (``canvas.fim_prompt``) as a completion."""
@@ -39,9 +45,10 @@ def fill(model, canvases: list[Canvas], policy: DecodePolicy,
         raise GenerationError("an autoregressive model fills only completions (one masked span at the end, "
                               "all of one length)")
     policy = dataclasses.replace(policy, max_new_tokens=budgets.pop())
-    return generate_ar(model, [list(c.prompt) for c in canvases], policy, on_step=on_step, keep_history=keep_history)
+    return generate(model, [list(c.prompt) for c in canvases], policy, on_step=on_step, keep_history=keep_history,
+                    drafter=drafter)
 
 
 __all__ = ["generate", "fill", "generate_ar", "generate_diffusion", "Canvas", "Span", "DecodePolicy",
            "GenerationError", "GenerationResult", "TextResult", "StepEvent", "PRESETS", "DEFAULT_PRESET",
-           "preset_policy", "policy_from_setting", "resolve_policy", "left_pad"]
+           "preset_policy", "policy_from_setting", "resolve_policy", "left_pad", "generate_verified"]

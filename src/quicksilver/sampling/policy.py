@@ -92,7 +92,8 @@ DEFAULT_PRESET = "fast"
 FAMILY_DEFAULTS = {"llada": "llada", "dream": "dream-entropy"}
 
 # What an autoregressive model reads of a policy; the rest are the diffusion decoder's.
-AR_FIELDS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop_at_eos")
+AR_FIELDS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop_at_eos",
+             "decoding", "draft_length", "draft_source")  # the last three: verified decoding (sampling/verified.py)
 FIELDS = tuple(f.name for f in dataclasses.fields(DecodePolicy))
 
 # One line of help per field: the server's request schema and the CLI's options show these.
@@ -122,6 +123,11 @@ FIELD_HELP: dict[str, str] = {
     "edit_threshold": "Token editing: replace a committed token when the model's best token differs with "
                       "more than this probability.",
     "edit_passes": "Token editing: most extra forward passes per block.",
+    "decoding": "AR model: 'verified' (a draft head or copying proposes blocks, the model keeps exactly what it "
+                "would write; the default with a draft head) or 'auto' (its plain sampler).",
+    "draft_length": "Verified decoding: tokens drafted per round.",
+    "draft_source": "Verified decoding: where drafts come from: head, lookup (copied from earlier text) or "
+                    "head+lookup.",
 }
 
 # -- settings ----------------------------------------------------------------------------------------

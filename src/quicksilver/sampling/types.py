@@ -19,6 +19,10 @@ SCORES: tuple[str, ...] = get_args(Score)
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
 CACHE_MODES: tuple[str, ...] = get_args(CacheMode)
 REFRESH_MODES: tuple[str, ...] = get_args(Refresh)
+Decoding = Literal["auto", "verified"]
+DraftSource = Literal["head", "lookup", "head+lookup"]
+DECODINGS: tuple[str, ...] = get_args(Decoding)
+DRAFT_SOURCES: tuple[str, ...] = get_args(DraftSource)
 
 
 class GenerationError(ValueError):
@@ -76,6 +80,15 @@ class DecodePolicy:
     remask_share: float = 0.25
     edit_threshold: float = 0.9
     edit_passes: int = 2
+    # -- verified decoding (sampling/verified.py) --------------------------------------------------
+    # "auto": the model's own sampler (block diffusion, or AR for a causal model); "verified": a draft
+    # head proposes ``draft_length`` tokens per round and the causal model keeps exactly what it would
+    # have written itself (greedy: token for token; sampling: the same distribution).
+    decoding: Decoding = "auto"
+    draft_length: int = 8
+    # Where drafts come from: "head" (the draft head), "lookup" (copied from the row's own prompt and
+    # output after a matching 3- or 2-gram), "head+lookup" (the copy where there is one, else the head).
+    draft_source: DraftSource = "head"
 
     def validate(self) -> None:
         if self.max_new_tokens <= 0:
@@ -100,6 +113,12 @@ class DecodePolicy:
             raise GenerationError(f"refresh must be one of {', '.join(REFRESH_MODES)}, got '{self.refresh}'")
         if self.window is not None and self.window < 0:
             raise GenerationError("window must be zero or positive (or None for the whole canvas)")
+        if self.decoding not in DECODINGS:
+            raise GenerationError(f"decoding must be one of {', '.join(DECODINGS)}, got '{self.decoding}'")
+        if self.draft_length <= 0:
+            raise GenerationError("draft_length must be a positive integer")
+        if self.draft_source not in DRAFT_SOURCES:
+            raise GenerationError(f"draft_source must be one of {', '.join(DRAFT_SOURCES)}, got '{self.draft_source}'")
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
@@ -123,6 +142,9 @@ class DecodePolicy:
 
     def describe(self) -> str:
         """A short label of the decoding setting, e.g. 'dual · threshold 0.9 (probability)'."""
+        if self.decoding == "verified":
+            source = "" if self.draft_source == "head" else f" · {self.draft_source}"
+            return f"verified · draft {self.draft_length}{source}"
         rule = {"fixed": f"fixed {self.steps or 'one/token'} steps", "threshold": f"threshold {self.threshold:g}",
                 "factor": f"factor {self.factor:g}", "entropy": f"entropy ≤ {self.entropy_bound:g}"}[self.commit]
         if self.commit != "fixed" and self.score != "probability":
@@ -140,6 +162,9 @@ class StepEvent:
     canvas: torch.Tensor  # (B, G) each row's generated positions (its spans), mask id where not yet committed
     committed: torch.Tensor  # (B, gen_len) bool: positions committed by this step
     mask_id: int
+    # Verified decoding: this round's drafts where they were proposed (mask id elsewhere); ``canvas``
+    # holds only what was accepted.
+    draft: torch.Tensor | None = None
 
 
 @dataclass
@@ -155,6 +180,8 @@ class GenerationResult:
     first_token_seconds: float | None = None
     # Sum over forward passes of the rows they ran (finished rows leave the batch): row-forwards.
     row_forwards: int = 0
+    # Verified decoding: per-round acceptance and draft/verify time (``sampling.verified.RoundStats``).
+    verified: object | None = None
     forwards: list[int] | None = None  # per row: the forward passes it took part in (diffusion)
     spans: list[list[list[int]]] | None = None  # per row, per masked span: its ids (canvas decoding)
 

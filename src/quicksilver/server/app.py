@@ -399,9 +399,13 @@ def _job(body: Decoding, ids: list[int], suffix: list[int] | None, backend: Back
                                 **sampling, **given)
     except GenerationError as e:
         raise APIError(400, str(e)) from None
+    if policy.decoding == "verified" and policy.draft_source != "lookup" and getattr(backend, "drafter", None) is None:
+        raise APIError(400, f"verified decoding needs an AR model with a draft head; '{backend.name}' has none",
+                       "decoding")
     stops = tuple([body.stop] if isinstance(body.stop, str) else (body.stop or []))
     return EngineRequest(ids, policy, n=body.n, stops=stops, suffix=suffix,
-                         drafts=bool(body.diffusing and body.stream and backend.is_diffusion))
+                         drafts=bool(body.diffusing and body.stream
+                                     and (backend.is_diffusion or policy.decoding == "verified")))
 
 
 async def _serve(request: Request, engine: Engine, jobs: list[EngineRequest], body: Decoding, model: str, chat: bool,
@@ -559,6 +563,8 @@ async def _sse(engine: Engine, jobs: list[EngineRequest], events: asyncio.Queue,
                     index = k * n + event.index
                     frame = chunk(index)
                     frame["draft"] = {"index": index, "step": event.step, "block": event.block, "tokens": event.tokens}
+                    if event.proposed is not None:  # verified decoding: this round's drafts, where proposed
+                        frame["draft"]["proposed"] = event.proposed
                     yield _frame(frame)
             elif isinstance(event, Finished):
                 frame = chunk(k * n + event.index, finish=event.finish_reason)

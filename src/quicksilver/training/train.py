@@ -79,8 +79,8 @@ class TrainConfig:
     sft_data: str = ""
 
     def __post_init__(self) -> None:
-        if self.objective not in ("diffusion", "ar", "sft"):
-            raise ConfigError("train.objective must be 'diffusion', 'ar' or 'sft'")
+        if self.objective not in ("diffusion", "ar", "sft", "drafter"):
+            raise ConfigError("train.objective must be 'diffusion', 'ar', 'sft' or 'drafter'")
         if self.distributed not in ("ddp", "fsdp"):
             raise ConfigError("train.distributed must be 'ddp' or 'fsdp'")
         if self.objective == "sft" and not self.sft_data:
@@ -135,7 +135,7 @@ def load_run_config(path: str | Path, overrides: dict | None = None) -> RunConfi
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path} is not valid TOML ({e})") from None
-    unknown = sorted(set(raw) - {"model", "train"})
+    unknown = sorted(set(raw) - {"model", "train", "drafter"})  # [drafter]: objective "drafter" (training/drafter.py)
     if unknown:
         raise ConfigError(f"unknown section{'s' if len(unknown) > 1 else ''} in {path}: {', '.join(unknown)}")
     for key, value in (overrides or {}).items():
@@ -276,6 +276,9 @@ def train(run: RunConfig, resume: bool = False, progress: bool = True, log=print
     The run owns ``train.out_dir``: a folder that holds anything is refused unless ``resume``
     (continue the run there) or ``overwrite`` (delete the run there and start over)."""
     cfg = run.train
+    if cfg.objective == "drafter":  # a draft head on a frozen target: its own small loop, one process
+        from .drafter import train_drafter
+        return train_drafter(run, resume, progress, log, lr_at=lr_at)
     info, device = dist_setup(cfg.distributed, cfg.device)
     try:
         return _train(run, info, device, resume, progress, log if info.is_main else (lambda *a, **k: None),

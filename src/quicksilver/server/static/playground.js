@@ -18,12 +18,12 @@
   // half a second of the stream while still showing the order in which positions filled in.
   const MAX_BACKLOG = 30;
   const SETTING_IDS = ["mode", "max-tokens", "temperature", "diffusing", "steps", "block-length",
-                       "commit", "threshold", "cache"];
+                       "commit", "threshold", "cache", "decoding"];
 
   const ui = {
     model: $("model-name"), mode: $("mode"), maxTokens: $("max-tokens"), temperature: $("temperature"),
     diffusing: $("diffusing"), steps: $("steps"), blockLength: $("block-length"), commit: $("commit"),
-    threshold: $("threshold"), cache: $("cache"), apiKey: $("api-key"), prompt: $("prompt"),
+    threshold: $("threshold"), cache: $("cache"), decoding: $("decoding"), apiKey: $("api-key"), prompt: $("prompt"),
     suffix: $("suffix"), generate: $("generate"), stop: $("stop"), error: $("error"),
     status: $("status"), stepsCount: $("steps-count"), tokenCount: $("token-count"),
     tps: $("tokens-per-second"), tpf: $("tokens-per-step"), ttft: $("ttft"), canvas: $("canvas"),
@@ -128,6 +128,7 @@
     if (ui.commit.value) body.commit = ui.commit.value;
     if (ui.commit.value === "threshold") body.threshold = numberField(ui.threshold, "Threshold", 0, 1);
     if (ui.cache.value) body.cache = ui.cache.value;
+    if (ui.decoding.value) body.decoding = ui.decoding.value;
     const prompt = ui.prompt.value;
     if (!prompt.trim()) throw new Error("Write a prompt first.");
     let suffix = "";
@@ -176,8 +177,11 @@
 
   // Paints one draft: one span per position, reused between frames so that only positions that
   // changed are touched and a newly committed one can be highlighted.
+  // Verified decoding adds the round's drafted tokens ("proposed"): shown in place of masks until the
+  // next frame says which of them the model accepted.
   function paintDraft(r, draft) {
     const tokens = draft.tokens || [];
+    const proposed = draft.proposed || [];
     if (!r.cells) { r.region.textContent = ""; r.cells = []; }
     while (r.cells.length < tokens.length) {
       const cell = span("tok mask", MASK_GLYPH);
@@ -190,13 +194,20 @@
     tokens.forEach((tok, i) => {
       const cell = r.cells[i];
       if (tok === null || tok === undefined) {
+        const guess = proposed[i];
+        if (guess !== null && guess !== undefined) {
+          if (cell.dataset.masked !== "d" || cell.textContent !== guess) {
+            cell.className = "tok drafted"; cell.textContent = guess; cell.dataset.masked = "d";
+          }
+          return;
+        }
         if (cell.dataset.masked !== "1") {
           cell.className = "tok mask"; cell.textContent = MASK_GLYPH; cell.dataset.masked = "1";
         }
         return;
       }
       committed += 1;
-      if (cell.dataset.masked === "1" || cell.textContent !== tok) {
+      if (cell.dataset.masked !== "0" || cell.textContent !== tok) {
         cell.className = "tok fresh";
         cell.textContent = tok;
         cell.dataset.masked = "0";
