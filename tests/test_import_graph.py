@@ -63,7 +63,7 @@ def test_quicksilver_has_no_import_cycle():
 
 # What each part must not import: the promises of docs/architecture.md that an import would break.
 # The foundations know nothing built on them; sampling is functions over a model; the engine holds no
-# HTTP; loading and training do not reach up into serving or evaluation.
+# HTTP; loading and training do not reach up into serving or evaluation; the Python API is below both.
 _ABOVE_FOUNDATIONS = {"sampling", "loading", "training", "eval", "engine", "server", "api", "backend", "live", "cli"}
 MUST_NOT_IMPORT = {
     "config": _ABOVE_FOUNDATIONS, "model": _ABOVE_FOUNDATIONS, "tokenizer": _ABOVE_FOUNDATIONS,
@@ -73,6 +73,7 @@ MUST_NOT_IMPORT = {
     "training": {"eval", "engine", "server", "cli"},
     "engine": {"server", "eval", "training", "cli"},
     "eval": {"server", "training", "cli"},
+    "api": {"eval", "engine", "server", "training", "cli"},
 }
 HTTP_PACKAGES = {"fastapi", "starlette", "uvicorn", "pydantic", "httpx"}
 
@@ -97,3 +98,12 @@ def test_the_rules_catch_a_forbidden_import(tmp_path):
     assert graph["pkg.model"] == {"pkg.server": 2}
     assert import_graph.part_of("pkg.model") == "model" and "server" in MUST_NOT_IMPORT["model"]
     assert import_graph.outside_imports(root)["pkg.server"] == {"fastapi"}
+
+
+def test_the_parts_form_layers():
+    """Between top-level parts (``sampling``, ``loading``, ``eval`` ...) the graph is acyclic too, so
+    docs/architecture.md can draw them as layers (``python scripts/import_graph.py`` prints them)."""
+    graph = import_graph.import_graph(ROOT / "src" / "quicksilver")
+    layers = import_graph.layers(import_graph.collapse(graph))
+    where = {part: n for n, parts in enumerate(layers) for part in parts}
+    assert where["model"] < where["sampling"] < where["api"] < where["server"] < where["cli"]

@@ -73,12 +73,12 @@ class LM:
 
     def score_ids(self, ids: Sequence[int], top: int = 0):
         """Exact log-probabilities of ``ids[1:]`` given the tokens before each (AR twin only), with the
-        ``top`` most likely tokens at every position: ``eval.likelihood.TokenScores``.  A diffusion model
+        ``top`` most likely tokens at every position: ``sampling.logprobs.TokenScores``.  A diffusion model
         has no exact per-token likelihood (only a bound on the whole sequence) and raises."""
         if self.is_diffusion:
             raise GenerationError(f"{self.name} is a diffusion model: it has no exact per-token log-probabilities "
                                   "(an autoregressive model such as coder-tiny-ar has)")
-        from .eval.likelihood import ar_token_scores
+        from .sampling.logprobs import ar_token_scores
 
         return ar_token_scores(self.model, list(ids), top)
 

@@ -10,7 +10,7 @@ Optional capabilities (looked up with ``getattr``, absent on some backends): ``s
 batching of canvases), ``fill_ids(canvases, policy)`` (any ``sampling.canvas.Canvas``) and
 ``fim_prompt(prefix, suffix)`` (an AR model's fill-in-the-middle prompt), ``vocab_size`` (token-id
 prompts are checked against it) and ``score_ids(ids, top)`` (exact per-token log-probabilities of an
-autoregressive model, ``eval.likelihood.TokenScores``: the server's ``echo``/``logprobs``).
+autoregressive model, ``sampling.logprobs.TokenScores``: the server's ``echo``/``logprobs``).
 """
 from __future__ import annotations
 

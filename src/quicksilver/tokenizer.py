@@ -39,6 +39,8 @@ class _Decoding:
     hf: HFTokenizer
     vocab_size: int
     special_ids: frozenset[int]
+    bos_id: int | None = None  # a beginning-of-sequence id to put first (other families' tokenizers)
+    add_bos: bool = False
 
     def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
         """Text for any id sequence: unknown ids are dropped, broken UTF-8 becomes U+FFFD."""
@@ -89,9 +91,8 @@ class _Decoding:
             literal.encode_special_tokens = True
             self.__dict__["_literal_hf"] = literal
         ids = _hf_ids(literal, text)
-        bos = getattr(self, "bos_id", None)
-        if getattr(self, "add_bos", False) and not (ids and ids[0] == bos):
-            ids = [bos] + ids
+        if self.add_bos and not (ids and ids[0] == self.bos_id):
+            ids = [self.bos_id] + ids
         return ids
 
 

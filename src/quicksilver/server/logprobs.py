@@ -4,7 +4,7 @@
 "text_offset": [...]}`` over the tokens of the returned text: the prompt's when ``echo`` is set
 (its first token has no context, so its entries are null), then the completion's.  The numbers come
 from the backend's exact scoring (``score_ids``: one teacher-forced forward pass of an
-autoregressive model, ``eval.likelihood.ar_token_scores``), so they are the model's log-probabilities
+autoregressive model, ``sampling.logprobs.ar_token_scores``), so they are the model's log-probabilities
 of exactly these tokens, untempered.  ``top_logprobs`` holds the ``k`` most likely tokens at each
 position plus the chosen one (as vLLM does), so a client can tell whether the chosen token was the
 greedy one.  A diffusion model has no exact per-token likelihood: the route answers 400 before
