@@ -38,6 +38,10 @@ class ModelConfig:
     causal: bool = False
     # True when position i predicts token i+1 (AR models, and Dream-style adapted diffusion models).
     logits_shift: bool = False
+    # > 0: block diffusion (BD3-LM): block-causal attention, a position sees its own block of
+    # ``block_size`` positions and every block before it (blocks counted from rotary position 0), so
+    # the keys/values of finished blocks never change and a prefix cache is exact.  0: off.
+    block_size: int = 0
     attention_bias: bool = False
     # Apply the rotary embedding in float32 even when the model runs in bf16 (LLaDA's
     # rope_full_precision); by default it is applied in the model's dtype (Llama, Qwen2, ours).
@@ -63,6 +67,10 @@ class ModelConfig:
             raise ConfigError("num_attention_heads must be divisible by num_key_value_heads")
         if (self.hidden_size // self.num_attention_heads) % 2:
             raise ConfigError("the attention head dimension must be even (rotary embedding)")
+        if self.block_size < 0:
+            raise ConfigError("block_size must be 0 (off) or a positive number of positions")
+        if self.block_size and self.causal:
+            raise ConfigError("block_size (block-causal attention) is for diffusion models; causal must be false")
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                      "max_position_embeddings"):
             if getattr(self, name) <= 0:
