@@ -68,7 +68,8 @@ class TrainConfig:
     threads: int = 0  # 0: leave torch's default
     dtype: str = "bf16"  # autocast dtype: "bf16" or "fp32"
     device: str = "auto"
-    fim_rate: float = 0.5  # AR only: share of sequences turned into fill-in-the-middle examples
+    # AR and block_diffusion: share of sequences turned into fill-in-the-middle (PSM) examples
+    fim_rate: float = 0.5
     time_limit_minutes: float = 0.0  # 0: no limit; otherwise stop (and checkpoint) after this long
     # "steps": warm-up and cosine decay over max_steps (exactly resumable).  "time": over
     # time_limit_minutes of training (for fixed wall-clock budgets, e.g. one GPU lease).
@@ -222,6 +223,9 @@ def block_step_loss(model, tokens, cfg: TrainConfig, mcfg: ModelConfig, gen: tor
         from .distill import distill_loss
         return distill_loss(model, tokens[0], tokens[1], mcfg, gen, first, total, cfg.certainty)
     b, n = tokens.shape
+    if cfg.fim_rate > 0:  # as the AR twin was trained, so that the adapted model keeps infilling (PSM)
+        tokens = fim_transform(tokens, mcfg.fim_prefix_id, mcfg.fim_suffix_id, mcfg.fim_middle_id, gen,
+                               cfg.fim_rate, row_offset=first, total_rows=total)
     times = block_times(b, n // mcfg.block_size, gen, first, total)
     draws = torch.rand((total, n), generator=gen)[first:first + b]
     return block_diffusion_loss(model, tokens, mcfg.mask_token_id, mcfg.block_size, times, draws)
@@ -262,7 +266,7 @@ def validation_loss(model, batches: list, cfg: TrainConfig, mcfg: ModelConfig,
                     gen = torch.Generator().manual_seed(10_000 + i * 100 + s)
                     rows = batch[0].shape[0] if isinstance(batch, tuple) else batch.shape[0]
                     held = batch if isinstance(batch, tuple) else batch.to(device)
-                    val_cfg = dataclasses.replace(cfg, certainty=0.0)  # validation reports the CE alone
+                    val_cfg = dataclasses.replace(cfg, certainty=0.0, fim_rate=0.0)  # the plain NELBO / CE
                     _, nll, tokens = call(_loss_terms, block_step_loss, held, val_cfg, mcfg, gen, 0, rows)
                 else:
                     gen = torch.Generator().manual_seed(10_000 + i * 100 + s)
