@@ -88,11 +88,13 @@ class LM:
     def infill_ids(self, prefix: list[int], suffix: list[int], policy: DecodePolicy,
                    on_step: Callable[[StepEvent], None] | None = None) -> GenerationResult:
         """Diffusion: masks between prefix and suffix (``sampling.infill``).  AR twin: its
-        prefix-suffix-middle format, ``<fim_prefix> prefix <fim_suffix> suffix <fim_middle>``."""
+        prefix-suffix-middle format, ``<fim_prefix> prefix <fim_suffix> suffix <fim_middle>``; so does a
+        block-diffusion model (``block_size``), which cannot see a suffix after its block and was
+        trained on the same format."""
         import time
 
         cfg = self.model.config
-        if not self.is_diffusion:
+        if not self.is_diffusion or getattr(cfg, "block_size", 0):
             return self.generate_ids([[cfg.fim_prefix_id, *prefix, cfg.fim_suffix_id, *suffix, cfg.fim_middle_id]],
                                      policy, on_step)
         if not prefix and not suffix:
@@ -110,9 +112,9 @@ class LM:
         rows join at block boundaries.  None for the AR twin, which the engine serves by ``generate_ids``."""
         if not self.is_diffusion:
             return None
-        from .sampling.diffusion import BlockDecoder
+        from .sampling.diffusion import make_block_decoder
 
-        return BlockDecoder(self.model, policy)
+        return make_block_decoder(self.model, policy)
 
     def encode_prompt(self, prompt: str) -> list[int]:
         if not isinstance(prompt, str) or not prompt.strip():

@@ -432,33 +432,13 @@ class BlockDecoder:
         self.context = None
         return finished
 
-    @torch.no_grad()
-    def step(self) -> StepReport:
-        """One forward pass over the active rows of the current block (starting it when between blocks)."""
-        policy, model, cfg, device = self.policy, self.model, self.cfg, self.device
-        finished: list[int] = []
-        if self.rows is None:
-            finished += self._start_block()
-            if self.rows is None:
-                return StepReport(False, [], torch.zeros(0, dtype=torch.long), None, self.lo, self.lo, finished)
-        rows = self.rows
-        if not bool(self.alive[rows].all()):  # cancelled since the last step
-            index = self.alive[rows].nonzero().squeeze(1)
-            rows = self.rows = rows[index]
-            if self.context is not None and rows.numel():
-                self.context.select_rows(index)
-            if self.counts is not None:
-                self.counts = self.counts[index]
-            self.block_steps = [self.block_steps[i] for i in index.tolist()]
-            if rows.numel() == 0:
-                finished += self._end_block()
-                return StepReport(False, [], rows, None, self.lo, self.lo, finished)
-        lo, hi = self.lo, self.hi
+    def _block_hidden(self, rows: torch.Tensor, x: torch.Tensor, lo: int, hi: int, end: int) -> torch.Tensor:
+        """Hidden states (R, hi - lo, D) that predict the block's positions, from one forward pass of
+        the policy's cache mode (``BlockCausalDecoder`` replaces this with an exact cache)."""
+        model, cfg, policy = self.model, self.cfg, self.policy
         size = hi - lo
-        q_lo = lo - self.shift  # the first query whose output is read (the block's first prediction)
-        total = self.canvas.shape[1]
-        end = total if policy.window is None else min(total, hi + policy.window)
-        x, pos = self.canvas[rows], self.positions[rows]
+        q_lo = lo - self.shift
+        pos = self.positions[rows]
         am = self.attention[rows, :end] if self.padded else None
         context = self.context
         if context is None and policy.cache != "none" and self.prefix is not None:
@@ -487,6 +467,34 @@ class BlockDecoder:
                 self.prefix = ([k[:, :, :q_lo] for k in keys], [v[:, :, :q_lo] for v in values],
                                None if am is None else am[:, :q_lo])
                 self.prefix_rows, self.prefix_end = rows, q_lo
+        return hidden
+
+    @torch.no_grad()
+    def step(self) -> StepReport:
+        """One forward pass over the active rows of the current block (starting it when between blocks)."""
+        policy, model, cfg, device = self.policy, self.model, self.cfg, self.device
+        finished: list[int] = []
+        if self.rows is None:
+            finished += self._start_block()
+            if self.rows is None:
+                return StepReport(False, [], torch.zeros(0, dtype=torch.long), None, self.lo, self.lo, finished)
+        rows = self.rows
+        if not bool(self.alive[rows].all()):  # cancelled since the last step
+            index = self.alive[rows].nonzero().squeeze(1)
+            rows = self.rows = rows[index]
+            if self.context is not None and rows.numel():
+                self.context.select_rows(index)
+            if self.counts is not None:
+                self.counts = self.counts[index]
+            self.block_steps = [self.block_steps[i] for i in index.tolist()]
+            if rows.numel() == 0:
+                finished += self._end_block()
+                return StepReport(False, [], rows, None, self.lo, self.lo, finished)
+        lo, hi = self.lo, self.hi
+        total = self.canvas.shape[1]
+        end = total if policy.window is None else min(total, hi + policy.window)
+        x = self.canvas[rows]
+        hidden = self._block_hidden(rows, x, lo, hi, end)
         self.nfe += 1
         self.row_forwards += rows.numel()
         for r in rows.tolist():
@@ -537,12 +545,21 @@ class BlockDecoder:
         return StepReport(True, ran, rows, chosen, lo, hi, finished)
 
 
+def make_block_decoder(model, policy: DecodePolicy) -> BlockDecoder:
+    """The decoder that fits the model: block-causal models (``config.block_size``) get the exact
+    block-by-block cache of ``block_causal.py``, others the Fast-dLLM modes above."""
+    if getattr(model.config, "block_size", 0):
+        from .block_causal import BlockCausalDecoder
+        return BlockCausalDecoder(model, policy)
+    return BlockDecoder(model, policy)
+
+
 @torch.no_grad()
 def generate_diffusion(model, prompts: list[list[int]], policy: DecodePolicy,
                        on_step: Callable[[StepEvent], None] | None = None,
                        keep_history: bool = False) -> GenerationResult:
     """Decode a fixed batch: a ``BlockDecoder`` admits every row at once and steps until all are done."""
-    decoder = BlockDecoder(model, policy)
+    decoder = make_block_decoder(model, policy)
     gen_len = policy.max_new_tokens
     decoder.admit(prompts, gen_len)
     width = decoder.lo
@@ -580,5 +597,5 @@ def generate_diffusion(model, prompts: list[list[int]], policy: DecodePolicy,
                             first_token_seconds=first_token_seconds, row_forwards=decoder.row_forwards)
 
 
-__all__ = ["generate_diffusion", "BlockDecoder", "StepReport", "steps_per_block", "never_sample_ids", "stop_tensor",
+__all__ = ["generate_diffusion", "make_block_decoder", "BlockDecoder", "StepReport", "steps_per_block", "never_sample_ids", "stop_tensor",
            "ContextCache"]
