@@ -162,6 +162,35 @@ def train(
 
 @app.command()
 @user_errors
+def trajectories(
+    model: str = typer.Option("coder-tiny-ar", "--model", "-m", help="Source model: the AR twin or the block model itself."),
+    data: Path = typer.Option(Path("data/stdlib-8k"), help="Dataset folder; prompts are windows of its training split."),
+    out: Path = typer.Option(..., help="Trajectory file to write (.safetensors)."),
+    prompts: int = typer.Option(384, help="How many prompts."),
+    prompt_len: int = typer.Option(128, help="Prompt tokens (a multiple of the block model's block size)."),
+    gen_len: int = typer.Option(128, help="Tokens generated per prompt (prompt_len + gen_len = train.seq_len)."),
+    batch_size: int = typer.Option(8, help="Prompts decoded together."),
+    seed: int = typer.Option(0, help="Seed of the prompt windows."),
+    threads: int = typer.Option(1, help="torch threads."),
+):
+    """Decode training-split prompts greedily with a model and save them for `objective = "distill"`."""
+    import torch
+
+    from .checkpoint import load_model
+    from .distill import make_trajectories
+
+    if min(prompts, prompt_len, gen_len, batch_size) <= 0:
+        raise UserError("--prompts, --prompt-len, --gen-len and --batch-size must be positive")
+    torch.set_num_threads(threads)
+    net, tokenizer = load_model(model, device="cpu", dtype=torch.float32)
+    meta = make_trajectories(net, tokenizer, data, out, prompts, prompt_len, gen_len, batch_size, seed,
+                             source=model, log=lambda m: console.print(m, highlight=False))
+    console.print(f"wrote {out}: {meta['prompts']} trajectories, {meta['generated_tokens']:,} generated tokens "
+                  f"in {meta['seconds']} s")
+
+
+@app.command()
+@user_errors
 def export(
     run_dir: Path = typer.Argument(..., help="A training run folder (its best/ checkpoint is exported)."),
     out: Path = typer.Argument(..., help="Destination folder."),

@@ -201,14 +201,15 @@ def step_loss(model, tokens: torch.Tensor, cfg: TrainConfig, mcfg: ModelConfig, 
     if cfg.objective == "sft":  # tokens is (ids, prompt lengths)
         b = tokens[0].shape[0]
         return sft_step_loss(model, tokens, gen, mcfg, b * rank, b * world_size)
+    if cfg.objective in BLOCK_OBJECTIVES:
+        rows = (tokens[0] if isinstance(tokens, tuple) else tokens).shape[0]
+        return block_step_loss(model, tokens, cfg, mcfg, gen, rows * rank, rows * world_size)
     b, n = tokens.shape
     total, first = b * world_size, b * rank
     if cfg.objective == "diffusion":
         times = sample_times(total, gen)[first:first + b]
         draws = torch.rand((total, n), generator=gen)[first:first + b]
         return diffusion_loss(model, tokens, mcfg.mask_token_id, None, times=times, draws=draws)
-    if cfg.objective in BLOCK_OBJECTIVES:
-        return block_step_loss(model, tokens, cfg, mcfg, gen, first, total)
     if cfg.fim_rate > 0:
         tokens = fim_transform(tokens, mcfg.fim_prefix_id, mcfg.fim_suffix_id, mcfg.fim_middle_id, gen,
                                cfg.fim_rate, row_offset=first, total_rows=total)
