@@ -162,6 +162,27 @@ def block_times(rows: int, blocks: int, generator: torch.Generator, row_offset: 
     return t[row_offset:row_offset + rows]
 
 
+def block_masked_logits(model, x0: torch.Tensor, masked: torch.Tensor, mask_id: int, block: int) -> torch.Tensor:
+    """Logits (M, V) at the ``masked`` positions (in ``masked.nonzero()`` order) of a block-causal
+    model given x_t = x0 with ``masked`` replaced by the mask id: one pass over [x_t ; x_0] with
+    :func:`block_diffusion_layout`.  With ``logits_shift`` position j is read at j - 1 of the noisy
+    copy, a block's first position at the last position of the previous clean block (``masked``
+    must then exclude position 0)."""
+    b, n = x0.shape
+    device = x0.device
+    xt = torch.where(masked, torch.full_like(x0, mask_id), x0)
+    positions = torch.arange(n, device=device).repeat(2)[None, :].expand(b, 2 * n)
+    layout = block_diffusion_layout(n, block, device)
+    hidden = model.hidden_states(torch.cat([xt, x0], dim=1), positions=positions, layout=layout)
+    noisy, clean = hidden[:, :n], hidden[:, n:]
+    if getattr(model.config, "logits_shift", False):
+        first = (torch.arange(n, device=device) % block == 0)[None, :, None]
+        prev_noisy = torch.cat([noisy[:, :1], noisy[:, :-1]], dim=1)
+        prev_clean = torch.cat([clean[:, :1], clean[:, :-1]], dim=1)
+        noisy = torch.where(first, prev_clean, prev_noisy)
+    return model.head(noisy[masked]).float()
+
+
 def block_diffusion_loss(model, x0: torch.Tensor, mask_id: int, block: int, times: torch.Tensor,
                          draws: torch.Tensor, maskable: torch.Tensor | None = None,
                          certainty: float = 0.0, certainty_temperature: float = 0.5,
@@ -189,20 +210,9 @@ def block_diffusion_loss(model, x0: torch.Tensor, mask_id: int, block: int, time
     masked = draws.to(device) < p
     if maskable is not None:
         masked &= maskable.to(device)
-    shift = getattr(model.config, "logits_shift", False)
-    if shift:
+    if getattr(model.config, "logits_shift", False):
         masked[:, 0] = False
-    xt = torch.where(masked, torch.full_like(x0, mask_id), x0)
-    positions = torch.arange(n, device=device).repeat(2)[None, :].expand(b, 2 * n)
-    layout = block_diffusion_layout(n, block, device)
-    hidden = model.hidden_states(torch.cat([xt, x0], dim=1), positions=positions, layout=layout)
-    noisy, clean = hidden[:, :n], hidden[:, n:]
-    if shift:
-        first = (torch.arange(n, device=device) % block == 0)[None, :, None]
-        prev_noisy = torch.cat([noisy[:, :1], noisy[:, :-1]], dim=1)
-        prev_clean = torch.cat([clean[:, :1], clean[:, :-1]], dim=1)
-        noisy = torch.where(first, prev_clean, prev_noisy)
-    logits = model.head(noisy[masked]).float()
+    logits = block_masked_logits(model, x0, masked, mask_id, block)
     targets = x0[masked]
     ce = F.cross_entropy(logits, targets, reduction="none")
     count = int(masked.sum())

@@ -244,13 +244,13 @@ class LocalSystem:
     @torch.no_grad()
     def infill(self, pairs: list[tuple[str, str]], max_new_tokens: int, on_batch=None) -> list[Completion]:
         """Fill between each (prefix, suffix): natively for diffusion (masks between the two), through
-        the PSM fill-in-the-middle format for the AR twin."""
+        the PSM fill-in-the-middle format for the AR twin and block-diffusion models."""
         from .infill import diffusion_infill
 
         cfg = self.model.config
         available = self._context() - max_new_tokens - 3
         encoded = [fit_context(self.tokenizer.encode(p), self.tokenizer.encode(s), available) for p, s in pairs]
-        if self.causal:
+        if self.causal or getattr(cfg, "block_size", 0):  # block models cannot see a suffix: PSM, as trained
             prompts = [[cfg.fim_prefix_id, *p, cfg.fim_suffix_id, *s, cfg.fim_middle_id] for p, s in encoded]
             return self._decode_batches(prompts, self.policy(max_new_tokens), on_batch)
         import time
