@@ -31,9 +31,9 @@ from pathlib import Path
 
 import torch
 
-from quicksilver.checkpoint import load_model
-from quicksilver.eval.bench import (_summarise, ar_runner, diffusion_runner, humaneval_prompts, machine_info,
-                                    measure, parses, truncate_completion)
+from quicksilver.eval.bench import _summarise, ar_runner, diffusion_runner, humaneval_prompts, measure, truncate_completion
+from quicksilver.eval.bench_report import machine_info
+from quicksilver.loading.checkpoint import load_model
 from quicksilver.eval.genquality import generative_perplexity, unigram_entropy
 from quicksilver.sampling import DecodePolicy
 
@@ -51,7 +51,7 @@ def speed_rows(name, runner, prompt_ids, prompts, tokenizer, batches, repeats, d
     rows = []
     for batch in batches:
         seconds, calls = measure(runner, prompt_ids, batch, repeats, 1)
-        row = _summarise(name, name, batch, dtype, setting, seconds, calls, prompts, tokenizer, None)
+        row = _summarise(name, name, batch, dtype, setting, seconds, calls, prompts, tokenizer)
         log(f"  {name} batch {batch} {setting}: {row.tokens_per_second:.1f} tok/s, "
             f"{row.tokens_per_forward:.2f} tok/fwd, parse {row.parse_share:.0%}")
         rows.append(row)

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from quicksilver.checkpoint import load_model
+from quicksilver.loading.checkpoint import load_model
 
 
 def main() -> None:

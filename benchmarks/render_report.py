@@ -5,7 +5,7 @@
 import json
 from pathlib import Path
 
-from quicksilver.eval.bench import markdown_table, target_lines
+from quicksilver.eval.bench_report import markdown_table, target_lines
 
 
 def pct(x):

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
 
-from quicksilver.checkpoint import load_model, save_pretrained  # noqa: E402
+from quicksilver.loading.checkpoint import load_model, save_pretrained  # noqa: E402
 
 NAMES = ("coder-small", "coder-small-ar")
 SHARD_BYTES = 16_000_000

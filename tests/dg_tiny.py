@@ -41,7 +41,7 @@ def tokenizer() -> Tokenizer:
 
 def make_folder(folder: Path, seed: int = 0, canvas_length: int = 16) -> Path:
     """Build the random model with the traced class Quicksilver loads, and save it (safetensors)."""
-    from quicksilver.families.diffusion_gemma import traced_model_class
+    from quicksilver.loading.families.diffusion_gemma import traced_model_class
     torch.manual_seed(seed)
     model = traced_model_class()(tiny_config(canvas_length)).eval()
     model.save_pretrained(str(folder), safe_serialization=True)

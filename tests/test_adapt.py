@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from quicksilver.checkpoint import CheckpointError, save_pretrained
+from quicksilver.loading.checkpoint import CheckpointError, save_pretrained
 from quicksilver.diffusion import diffusion_loss
 from quicksilver.model import Transformer
-from quicksilver.train import build_model, load_run_config, run_model_config, train
+from quicksilver.training.train import build_model, load_run_config, run_model_config, train
 
 from tests.conftest import tiny_config
 

@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
-from quicksilver.eval import bench
-from quicksilver.checkpoint import save_pretrained
+from quicksilver.eval import bench, bench_report
+from quicksilver.loading.checkpoint import save_pretrained
 from quicksilver.model import Transformer
 from tests.conftest import tiny_config
 
@@ -73,7 +73,7 @@ def test_bench_runs_end_to_end(twins, tmp_path):
     target = result["target"]
     assert target["met"] in (True, False) and target["best_any"] in systems
     assert set(target["tokens_per_forward_needed"]) == {s for s in systems if s not in bench.AR_SYSTEMS}
-    paths = bench.write_outputs(result, tmp_path, log=logged.append)
+    paths = bench_report.write_outputs(result, tmp_path, log=logged.append)
     saved = json.loads(paths["json"].read_text())
     assert saved["results"] == result["results"] and saved["machine"]["cores"] >= 1
     table = paths["table"].read_text()
@@ -104,7 +104,7 @@ def test_bench_command_writes_its_outputs(twins, tmp_path):
 def test_exported_llama_computes_the_same_logits(tiny_tokenizer, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from quicksilver.export_hf import export_hf_llama, to_hf_llama
+    from quicksilver.loading.export_hf import export_hf_llama, to_hf_llama
 
     model = Transformer(tiny_config(tiny_tokenizer, causal=True, rope_theta=500.0))
     model.reset_parameters(seed=2)
@@ -119,7 +119,7 @@ def test_exported_llama_computes_the_same_logits(tiny_tokenizer, tmp_path):
 
 
 def test_export_refuses_a_diffusion_model(tiny_tokenizer):
-    from quicksilver.export_hf import ExportError, llama_config_dict
+    from quicksilver.loading.export_hf import ExportError, llama_config_dict
 
     with pytest.raises(ExportError, match="causal"):
         llama_config_dict(Transformer(tiny_config(tiny_tokenizer)))

@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from quicksilver.sampling import DecodePolicy, generate
-from quicksilver.sampling.block_causal import BlockCausalDecoder
-from quicksilver.sampling.diffusion import make_block_decoder
+from quicksilver.sampling.diffusion import BlockDecoder
 from tests.conftest import tiny_model
 
 MASK, EOS, PAD = 1, 0, 2
@@ -43,8 +42,8 @@ def test_cached_block_decoding_equals_uncached_token_for_token(shift, rule):
 
 def test_decoder_blocks_are_the_models_and_start_at_a_block_boundary():
     m = block_model(block=4)
-    decoder = make_block_decoder(m, policy(block_length=32, cache="dual"))
-    assert isinstance(decoder, BlockCausalDecoder) and decoder.policy.block_length == 4
+    decoder = BlockDecoder(m, policy(block_length=32, cache="dual"))
+    assert decoder.exact is not None and decoder.policy.block_length == 4
     decoder.admit(PROMPTS, 14)
     for r, prompt in enumerate(PROMPTS):
         start = decoder.gen_start[r]

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from quicksilver.config import ConfigError
 from quicksilver.diffusion import block_diffusion_layout, block_diffusion_loss, block_times
 from quicksilver.model import build_attention_mask
-from quicksilver.train import load_run_config, train
+from quicksilver.training.train import load_run_config, train
 from test_train import write_config
 
 

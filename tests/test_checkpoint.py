@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from quicksilver.checkpoint import CheckpointError, load_model, save_pretrained
+from quicksilver.loading.checkpoint import CheckpointError, load_model, save_pretrained
 from tests.conftest import tiny_config
 from quicksilver.model import Transformer
 

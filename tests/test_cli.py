@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from quicksilver.checkpoint import bundled_models, save_pretrained
+from quicksilver.loading.checkpoint import bundled_models, save_pretrained
 from quicksilver.model import Transformer
 from tests.conftest import tiny_config
 

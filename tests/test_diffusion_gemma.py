@@ -5,8 +5,8 @@ import torch
 
 from quicksilver.api import load_backend
 from quicksilver.backend import Backend
-from quicksilver.checkpoint import CheckpointError, load_model
-from quicksilver.families.diffusion_gemma import NO_TOKEN, DiffusionGemmaBackend
+from quicksilver.loading.checkpoint import CheckpointError, load_model
+from quicksilver.loading.families.diffusion_gemma import NO_TOKEN, DiffusionGemmaBackend
 from quicksilver.sampling import GenerationError
 from tests.dg_tiny import make_folder
 

@@ -10,11 +10,11 @@ from safetensors.torch import load_file
 
 from quicksilver.config import ConfigError
 from quicksilver.diffusion import block_diffusion_loss
-from quicksilver.distill import TrajectoryDataset, make_trajectories
+from quicksilver.training.distill import TrajectoryDataset, make_trajectories
 from quicksilver.model import Transformer
 from quicksilver.sampling import DecodePolicy
 from quicksilver.tokenizer import Tokenizer
-from quicksilver.train import load_run_config, train
+from quicksilver.training.train import load_run_config, train
 from test_train import write_config
 
 

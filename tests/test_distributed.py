@@ -17,9 +17,9 @@ from safetensors.torch import load_file
 
 from quicksilver.config import ConfigError
 from quicksilver.data.shards import ShardDataset
-from quicksilver.distributed import DistInfo
+from quicksilver.training.distributed import DistInfo
 from quicksilver.model import Transformer
-from quicksilver.train import _train, load_run_config, run_model_config, step_loss, train
+from quicksilver.training.train import _train, load_run_config, run_model_config, step_loss, train
 
 STEPS, SAVE = 6, 3
 CONFIG = """

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from quicksilver.checkpoint import BUNDLED_DIR
+from quicksilver.loading.checkpoint import BUNDLED_DIR
 from quicksilver.cli import app
 from quicksilver.data import build_dataset, folder_source
 from quicksilver.tokenizer import Tokenizer

@@ -6,7 +6,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from quicksilver.checkpoint import save_pretrained
+from quicksilver.loading.checkpoint import save_pretrained
 from quicksilver.cli import app
 from quicksilver.model import Transformer
 from tests.conftest import tiny_config

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from quicksilver.eval.humaneval import build_program, load_problems, model_prompt, run_humaneval
+from quicksilver.eval.completion import Completion, cut_at_stops
+from quicksilver.eval.humaneval import HUMANEVAL_STOPS, build_program, load_problems, model_prompt, run_humaneval
 from quicksilver.eval.sandbox import SandboxLimits
-from quicksilver.eval.systems import (HUMANEVAL_STOPS, Completion, LocalSystem, cut_at_stops, policy_from_setting)
+from quicksilver.eval.systems import LocalSystem, policy_from_setting
 from quicksilver.model import Transformer
 from quicksilver.sampling import GenerationError
 from tests.conftest import tiny_config

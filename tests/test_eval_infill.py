@@ -7,8 +7,9 @@ import torch
 from quicksilver.eval.humaneval import load_problems
 from quicksilver.eval.infill import (boundary, build_tasks, diffusion_infill, reference_fill, run_infill, select,
                                     trim_fill)
+from quicksilver.eval.completion import Completion
 from quicksilver.eval.sandbox import SandboxLimits
-from quicksilver.eval.systems import Completion, LocalSystem, policy_from_setting
+from quicksilver.eval.systems import LocalSystem, policy_from_setting
 from quicksilver.model import Transformer
 from tests.conftest import tiny_config
 

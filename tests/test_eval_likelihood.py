@@ -99,7 +99,7 @@ def test_nelbo_reads_shifted_logits_like_the_training_loss():
     import dataclasses
     from pathlib import Path
 
-    from quicksilver.checkpoint import load_model
+    from quicksilver.loading.checkpoint import load_model
 
     twin, tokenizer = load_model("coder-tiny-ar", dtype=torch.float32)
     cfg = dataclasses.replace(twin.config, causal=False, logits_shift=True)

@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from quicksilver.backend import Backend
-from quicksilver.checkpoint import CheckpointError, load_model
-from quicksilver.families import family_of
+from quicksilver.loading.checkpoint import CheckpointError, load_model
+from quicksilver.loading.families import family_of
 from quicksilver.api import LM
 from quicksilver.model import KVCache
 from quicksilver.sampling import DecodePolicy, GenerationError, generate, preset_policy

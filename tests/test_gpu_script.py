@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from quicksilver.checkpoint import load_model
+from quicksilver.loading.checkpoint import load_model
 from quicksilver.sampling import DecodePolicy, generate
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,8 +13,8 @@ from quicksilver.config import ConfigError
 from quicksilver.data.sft_code import INSTRUCTION, examples_from_source
 from quicksilver.diffusion import sft_diffusion_loss
 from quicksilver.model import Transformer
-from quicksilver.sft import SFTDataset, encode_example, parse_example, sft_step_loss
-from quicksilver.train import load_run_config, train
+from quicksilver.training.sft import SFTDataset, encode_example, parse_example, sft_step_loss
+from quicksilver.training.train import load_run_config, train
 
 from tests.conftest import tiny_config
 

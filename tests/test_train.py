@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from quicksilver.config import ConfigError
-from quicksilver.train import load_run_config, lr_at, train
+from quicksilver.training.train import load_run_config, lr_at, train
 
 CONFIG = """
 [model]

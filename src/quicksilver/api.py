@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from .chat import render_chat
-from .checkpoint import load_model
+from .loading.checkpoint import load_model
 from .model import Transformer
 from .sampling import DecodePolicy, GenerationError, GenerationResult, StepEvent, generate
 from .sampling.infill import diffusion_infill
@@ -112,9 +112,9 @@ class LM:
         rows join at block boundaries.  None for the AR twin, which the engine serves by ``generate_ids``."""
         if not self.is_diffusion:
             return None
-        from .sampling.diffusion import make_block_decoder
+        from .sampling.diffusion import BlockDecoder
 
-        return make_block_decoder(self.model, policy)
+        return BlockDecoder(self.model, policy)
 
     def encode_prompt(self, prompt: str) -> list[int]:
         if not isinstance(prompt, str) or not prompt.strip():
@@ -149,12 +149,12 @@ def load(name_or_path: str | os.PathLike = "coder-tiny", device: str | None = No
     """Load a bundled model by name, a checkpoint folder or a Hugging Face Hub id; the family comes
     from its config.json.  Quicksilver, LLaDA and Dream give an ``LM`` (Quicksilver's own model
     code); DiffusionGemma, which runs in transformers, gives its ``DiffusionGemmaBackend``."""
-    from .checkpoint import resolve_model_path
-    from .families import family_of, read_config
+    from .loading.checkpoint import resolve_model_path
+    from .loading.families import family_of, read_config
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     folder = resolve_model_path(name_or_path)
     if family_of(read_config(folder)) == "diffusion_gemma":
-        from .families.diffusion_gemma import DiffusionGemmaBackend
+        from .loading.families.diffusion_gemma import DiffusionGemmaBackend
         return DiffusionGemmaBackend.from_folder(folder, name=str(name_or_path), device=device, dtype=dtype)
     model, tokenizer = load_model(folder, device=device, dtype=dtype, progress=progress)
     return LM(model, tokenizer, str(name_or_path))
@@ -165,13 +165,13 @@ def load_backend(name_or_path: str | os.PathLike = "coder-tiny", device: str | N
     """What the engine serves (``backend.Backend``) for any supported folder: Quicksilver's own code
     for Quicksilver, LLaDA and Dream checkpoints; transformers for DiffusionGemma.  ``dtype`` None
     keeps the checkpoint's (float32 for the bundled models' bf16 weights on CPU)."""
-    from .checkpoint import resolve_model_path
-    from .families import family_of, read_config
+    from .loading.checkpoint import resolve_model_path
+    from .loading.families import family_of, read_config
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     folder = resolve_model_path(name_or_path)
     family = family_of(read_config(folder))
     if family == "diffusion_gemma":
-        from .families.diffusion_gemma import DiffusionGemmaBackend
+        from .loading.families.diffusion_gemma import DiffusionGemmaBackend
         return DiffusionGemmaBackend.from_folder(folder, name=str(name_or_path), device=device, dtype=dtype)
     if family == "quicksilver" and dtype is None:
         dtype = torch.float32

@@ -28,7 +28,7 @@ class UserError(Exception):
 def user_errors(fn):
     """Report the errors a user can cause as 'error: <sentence>' with exit code 2, never a traceback."""
     from .chat import ChatTemplateError
-    from .checkpoint import CheckpointError
+    from .loading.checkpoint import CheckpointError
     from .config import ConfigError
     from .data.shards import DatasetError
     from .sampling import GenerationError
@@ -148,8 +148,8 @@ def train(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ):
     """Train a diffusion model or its AR twin from a TOML config."""
-    from .train import load_run_config
-    from .train import train as run_training
+    from .training.train import load_run_config
+    from .training.train import train as run_training
 
     run = load_run_config(config, _parse_overrides(set_))
     state = run_training(run, resume=resume, progress=progress, log=console.print)
@@ -176,8 +176,8 @@ def trajectories(
     """Decode training-split prompts greedily with a model and save them for `objective = "distill"`."""
     import torch
 
-    from .checkpoint import load_model
-    from .distill import make_trajectories
+    from .loading.checkpoint import load_model
+    from .training.distill import make_trajectories
 
     if min(prompts, prompt_len, gen_len, batch_size) <= 0:
         raise UserError("--prompts, --prompt-len, --gen-len and --batch-size must be positive")
@@ -202,7 +202,7 @@ def export(
 
     import torch
 
-    from .checkpoint import load_model, save_pretrained
+    from .loading.checkpoint import load_model, save_pretrained
 
     if dtype not in ("bf16", "fp32"):
         raise UserError("--dtype must be bf16 or fp32")
@@ -221,7 +221,7 @@ def export(
 @app.command()
 def models():
     """List the bundled models."""
-    from .checkpoint import BUNDLED_DIR, bundled_models
+    from .loading.checkpoint import BUNDLED_DIR, bundled_models
     from .config import ModelConfig
 
     for name in bundled_models():
@@ -255,7 +255,7 @@ def serve(
 ):
     """Serve MODEL over the OpenAI API (completions, chat, streaming with diffusion drafts) and the
     playground page at http://HOST:PORT/."""
-    from .checkpoint import resolve_model_path
+    from .loading.checkpoint import resolve_model_path
 
     try:
         import uvicorn
@@ -311,7 +311,7 @@ def data_build(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from .checkpoint import BUNDLED_DIR
+    from .loading.checkpoint import BUNDLED_DIR
     from .data import build_dataset, folder_source, stdlib_source
     from .data.dedupe import MinHashConfig
     from .data.pypi import load_packages
@@ -440,8 +440,8 @@ def bench(
     import json
     import os
 
-    from .eval.bench import (AR_SYSTEMS, DIFFUSION_SETTINGS, BenchConfig, markdown_table, run_benchmark, target_lines,
-                        write_outputs)
+    from .eval.bench import AR_SYSTEMS, DIFFUSION_SETTINGS, BenchConfig, run_benchmark
+    from .eval.bench_report import markdown_table, target_lines, write_outputs
 
     known = set(DIFFUSION_SETTINGS) | set(AR_SYSTEMS)
     for name in system:

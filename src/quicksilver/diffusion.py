@@ -53,8 +53,7 @@ def _masked_logits_ce(model, xt, x0, masked, attention_mask=None, positions=None
     """Cross-entropy at masked positions only: the LM head runs on those rows alone (saves ~half
     its cost at t ~ U(0,1)).  Returns a flat vector in the order of ``masked.nonzero()``."""
     hidden = model.hidden_states(xt, positions=positions, attention_mask=attention_mask)
-    shift = getattr(model.config, "logits_shift", False)
-    if shift:
+    if model.config.logits_shift:
         # Dream-style: the prediction for position i comes from position i - 1.
         hidden = torch.cat([hidden[:, :1], hidden[:, :-1]], dim=1)
     logits = model.head(hidden[masked]).float()

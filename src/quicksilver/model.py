@@ -239,7 +239,7 @@ class Transformer(nn.Module):
         if positions is None:
             positions = torch.arange(past, past + n, device=input_ids.device).expand(b, n)
         x = self.embed_tokens(input_ids)
-        rope_dtype = torch.float32 if getattr(self.config, "rope_fp32", False) else x.dtype
+        rope_dtype = torch.float32 if self.config.rope_fp32 else x.dtype
         cos, sin = rotary_cos_sin(positions, self.config.head_dim, self.config.rope_theta, rope_dtype)
         if layout is not None:
             mask, is_causal = layout.to(input_ids.device), False

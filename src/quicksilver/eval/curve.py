@@ -8,7 +8,7 @@ from collections.abc import Callable
 from .humaneval import load_problems, run_humaneval
 from .infill import run_infill
 from .sandbox import SandboxLimits
-from .systems import Usage
+from .completion import Usage
 
 DEFAULT_SETTINGS = ("fixed:1", "fixed:2", "fixed:4", "fixed:8", "fixed:32", "threshold:0.9", "threshold:0.7",
                     "threshold:0.5")

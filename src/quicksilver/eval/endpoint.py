@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 
-from .systems import Completion, Usage
+from .completion import Completion, Usage, cut_at_stops
 
 
 class EndpointError(RuntimeError):
@@ -89,8 +89,6 @@ class EndpointSystem:
 
     def complete(self, prompts: list[str], max_new_tokens: int, temperature: float = 0.0, seed: int | None = None,
                  stops: tuple[str, ...] = (), on_batch=None) -> list[Completion]:
-        from .systems import cut_at_stops
-
         out = []
         for i, prompt in enumerate(prompts):
             t0 = time.perf_counter()

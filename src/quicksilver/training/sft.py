@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from .chat import ChatTemplateError, render_chat
-from .config import ConfigError
-from .diffusion import LossOutput, sample_times, sft_diffusion_loss
-from .tokenizer import Tokenizer
+from ..chat import ChatTemplateError, render_chat
+from ..config import ConfigError
+from ..diffusion import LossOutput, sample_times, sft_diffusion_loss
+from ..tokenizer import Tokenizer
 
 VAL_PERCENT = 2.0
 MAX_FILE_BYTES = 2_000_000_000

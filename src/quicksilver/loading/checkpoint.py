@@ -13,17 +13,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import ConfigError, ModelConfig
-from .model import Transformer
-from .tokenizer import Tokenizer, TokenizerError
+from ..config import ConfigError, ModelConfig
+from ..model import Transformer
+from ..tokenizer import Tokenizer, TokenizerError
+from .families import family_of, load_native_family, read_config
+from .hub import download, looks_like_hub_id
+from .layout import INDEX_NAME, WEIGHTS_NAME, CheckpointError, read_weight_map
 
-BUNDLED_DIR = Path(__file__).parent / "models"
-WEIGHTS_NAME = "model.safetensors"
-INDEX_NAME = "model.safetensors.index.json"
-
-
-class CheckpointError(ValueError):
-    """A model folder or name that cannot be loaded; the message says why in one sentence."""
+BUNDLED_DIR = Path(__file__).parent.parent / "models"
 
 
 def bundled_models() -> list[str]:
@@ -42,7 +39,6 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
         return path
     if path.exists():
         raise CheckpointError(f"{path} is a file; --model takes a bundled model name or a checkpoint folder")
-    from .families.hub import download, looks_like_hub_id
     if looks_like_hub_id(text):  # org/name and no such local folder: the Hugging Face Hub
         return download(text)
     names = ", ".join(bundled_models()) or "none installed"
@@ -99,17 +95,6 @@ def save_pretrained(model: Transformer, tokenizer: Tokenizer | None, folder: str
     return folder
 
 
-def read_weight_map(index: Path) -> dict[str, str]:
-    """Tensor name -> shard file name from a safetensors index (``model.safetensors.index.json``)."""
-    try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-        if not isinstance(weight_map, dict):
-            raise TypeError
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise CheckpointError(f"{index} is not a valid safetensors index") from None
-    return weight_map
-
-
 def load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     """All tensors of a folder: one ``model.safetensors`` or shards listed in an index file."""
     index = folder / INDEX_NAME
@@ -147,7 +132,6 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cp
     cfg_file = folder / "config.json"
     if not cfg_file.is_file():
         raise CheckpointError(f"{folder} is not a checkpoint folder: it has no config.json")
-    from .families import family_of, load_native_family, read_config
     raw = read_config(folder)
     family = family_of(raw)
     if family == "diffusion_gemma":

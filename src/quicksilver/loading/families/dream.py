@@ -8,8 +8,8 @@ position j from position j - 1.
 """
 from __future__ import annotations
 
-from ..checkpoint import CheckpointError
-from ..config import ModelConfig
+from ..layout import CheckpointError
+from ...config import ModelConfig
 
 MODEL_TYPE = "dream"
 END_OF_TURN = "<|im_end|>"  # id 151645 in the released tokenizer

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from ..checkpoint import INDEX_NAME, WEIGHTS_NAME, CheckpointError, read_weight_map
+from ..layout import INDEX_NAME, WEIGHTS_NAME, CheckpointError, read_weight_map
 
 
 def tensor_files(folder: Path) -> dict[str, Path]:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import CheckpointError
-from ..config import read_json_object
-from ..model import Transformer
-from ..tokenizer import ExternalTokenizer, TokenizerError
+from ..layout import CheckpointError
+from ...config import read_json_object
+from ...model import Transformer
+from ...tokenizer import ExternalTokenizer, TokenizerError
 from . import dream, llada
 from .weights import load_into, tensor_files
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .model import Transformer
+from ..model import Transformer
 
 
 class ExportError(ValueError):

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import CheckpointError
-from ..sampling import DecodePolicy, GenerationError, GenerationResult, StepEvent
-from ..sampling.batch import cut_at_eos, left_pad
-from ..tokenizer import ExternalTokenizer, TokenizerError
+from ..layout import CheckpointError
+from ...sampling import DecodePolicy, GenerationError, GenerationResult, StepEvent
+from ...sampling.batch import cut_at_eos, left_pad
+from ...tokenizer import ExternalTokenizer, TokenizerError
 
 NO_TOKEN = -1  # the canvas has no mask token: positions not yet accepted are shown as -1
 DEFAULT_STEPS = 48

@@ -10,8 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -19,17 +17,18 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_save_tensors, atomic_write_text, save_pretrained
+from ..loading.checkpoint import atomic_write_text, save_pretrained
 from .adapt import init_from
-from .config import ConfigError, ModelConfig
-from .data.shards import ShardDataset
-from .diffusion import ar_loss, block_diffusion_loss, block_times, diffusion_loss, fim_transform, sample_times
+from ..config import ConfigError, ModelConfig
+from ..data.shards import ShardDataset
+from ..diffusion import ar_loss, block_diffusion_loss, block_times, diffusion_loss, fim_transform, sample_times
 from .distributed import (DistInfo, Objective, all_reduce_sum, barrier, full_model_state, full_optimizer_state,
                           load_optimizer_state, teardown, wrap)
 from .distributed import setup as dist_setup
+from .resume import plain_copy, read_checkpoint, save_checkpoint
 from .sft import sft_batch_loss, sft_step_loss
-from .model import Transformer
-from .tokenizer import Tokenizer
+from ..model import Transformer
+from ..tokenizer import Tokenizer
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -174,12 +173,6 @@ def lr_at(step: int, cfg: TrainConfig, elapsed_s: float = 0.0) -> float:
     return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def make_optimizer(model: Transformer, cfg: TrainConfig) -> torch.optim.AdamW:
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -243,7 +236,7 @@ def validation_loss(model, batches: list, cfg: TrainConfig, mcfg: ModelConfig,
     """Nats per token on fixed validation windows: the diffusion NELBO (an upper bound on NLL,
     averaged over ``eval_time_samples`` fixed mask draws) or the AR model's exact NLL.
 
-    ``model`` is the plain model or the wrapped objective (:mod:`quicksilver.distributed`).  Under
+    ``model`` is the plain model or the wrapped objective (:mod:`quicksilver.training.distributed`).  Under
     torchrun each rank takes every world_size-th batch and the sums are added up, so the result
     equals a one-process evaluation; every rank runs the same number of forwards (FSDP needs that).
     """
@@ -288,57 +281,6 @@ def compile_blocks(model: Transformer, log=print) -> None:
             block.compile()
     except Exception as e:  # compiling is an optimisation: never let it stop a run
         log(f"torch.compile unavailable ({e}); training eagerly")
-
-
-# -- checkpoints ------------------------------------------------------------------------------
-def save_checkpoint(out_dir: Path, model, opt, state: dict, tokenizer: Tokenizer, keep: int = 2,
-                    keep_every: int = 0, weights: dict | None = None,
-                    optimizer: dict | None = None) -> Path:
-    """Write ``checkpoints/step-N`` completely, then point ``latest`` at it (atomic rename).
-
-    ``weights``/``optimizer`` are full state tensors gathered by the caller (distributed runs);
-    without them they are read from ``model`` and ``opt``.  Either way the files hold whole,
-    unsharded tensors named as in a plain model, so any world size can load them."""
-    ckpt_root = out_dir / "checkpoints"
-    final = ckpt_root / f"step-{state['step']:07d}"
-    tmp = ckpt_root / f".tmp-step-{state['step']:07d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    if weights is not None:
-        model = _plain_copy(model.config, weights)
-    save_pretrained(model, tokenizer, tmp)
-    if optimizer is None:
-        optimizer = full_optimizer_state(model, model, opt, DistInfo())
-    atomic_save_tensors(optimizer, tmp / "optimizer.safetensors")
-    (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    atomic_write_text(out_dir / "latest", final.name + "\n")
-    for old in sorted(ckpt_root.glob("step-*"))[:-keep]:
-        if keep_every and int(old.name.split("-")[1]) % keep_every == 0:
-            continue  # milestones stay, e.g. to measure decoding speed against training progress
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def _plain_copy(mcfg: ModelConfig, weights: dict[str, torch.Tensor]) -> Transformer:
-    """A CPU ``Transformer`` holding ``weights`` (for writing an FSDP run's gathered state)."""
-    with torch.device("meta"):
-        copy = Transformer(mcfg)
-    copy.load_state_dict(weights, assign=True)
-    return copy
-
-
-def read_checkpoint(out_dir: Path) -> tuple[dict, dict, dict] | None:
-    """(weights, optimizer tensors, trainer state) of the run's latest checkpoint, or None."""
-    from safetensors.torch import load_file
-    pointer = out_dir / "latest"
-    if not pointer.is_file():
-        return None
-    folder = out_dir / "checkpoints" / pointer.read_text().strip()
-    weights = load_file(str(folder / "model.safetensors"))
-    opt_state = load_file(str(folder / "optimizer.safetensors"))
-    return weights, opt_state, json.loads((folder / "trainer_state.json").read_text())
 
 
 # -- the loop ---------------------------------------------------------------------------------
@@ -492,7 +434,7 @@ def _train(run: RunConfig, info: DistInfo, device: torch.device, resume: bool, p
             state["best_val"], state["best_step"] = val, state["step"]
             weights = full_model_state(wrapped, model, info)
             if info.is_main:
-                save_pretrained(_plain_copy(mcfg, weights) if info.mode == "fsdp" and info.enabled else model,
+                save_pretrained(plain_copy(mcfg, weights) if info.mode == "fsdp" and info.enabled else model,
                                 tokenizer, out_dir / "best")
                 atomic_write_text(out_dir / "best" / "train_summary.json", json.dumps(
                     {k: state[k] for k in ("step", "tokens", "best_val", "best_step")}

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .config import ConfigError
+from ..config import ConfigError
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,13 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def pick_device(name: str) -> torch.device:
+    """The device of a one-process run: ``train.device``, where "auto" means CUDA when there is one."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def setup(strategy: str, device_name: str) -> tuple[DistInfo, torch.device]:
     """Join the process group when started by torchrun with more than one process.
 
@@ -46,7 +53,6 @@ def setup(strategy: str, device_name: str) -> tuple[DistInfo, torch.device]:
     """
     world = int(os.environ.get("WORLD_SIZE", "1")) if launched_by_torchrun() else 1
     if world <= 1:
-        from .train import pick_device
         return DistInfo(), pick_device(device_name)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device_name in ("auto", "cuda") and torch.cuda.is_available()

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from .config import ConfigError, ModelConfig
-from .diffusion import LossOutput, block_diffusion_loss, block_times
+from ..config import ConfigError, ModelConfig
+from ..diffusion import LossOutput, block_diffusion_loss, block_times
 
 VAL_SHARE = 0.05  # the last 5% of trajectories are held out for validation
 
@@ -42,8 +42,8 @@ def make_trajectories(model, tokenizer, data: str | Path, out: str | Path, promp
     """Decode ``prompts`` training windows with ``model`` and write them as a trajectory file."""
     from safetensors.torch import save_file
 
-    from .data.shards import ShardDataset
-    from .sampling import DecodePolicy, generate
+    from ..data.shards import ShardDataset
+    from ..sampling import DecodePolicy, generate
 
     train = ShardDataset(data, "train")
     eos = model.config.eos_token_id

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import torch
 
-from .checkpoint import CheckpointError, load_model
-from .config import ModelConfig
-from .model import Transformer
-from .tokenizer import Tokenizer
+from ..loading.checkpoint import CheckpointError, load_model
+from ..config import ModelConfig
+from ..model import Transformer
+from ..tokenizer import Tokenizer
 
 # Fields that must agree for the twin's tensors to mean the same thing in the new model.
 _SHAPE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",

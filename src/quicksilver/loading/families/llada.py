@@ -9,8 +9,8 @@ position i predicts token i.
 """
 from __future__ import annotations
 
-from ..checkpoint import CheckpointError
-from ..config import ModelConfig
+from ..layout import CheckpointError
+from ...config import ModelConfig
 
 MODEL_TYPE = "llada"
 END_OF_TURN = "<|eot_id|>"  # id 126348 in the released tokenizer
