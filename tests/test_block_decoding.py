@@ -90,3 +90,27 @@ def test_streaming_events_cover_every_pass():
     final = events[-1].canvas
     for row, ids in enumerate(result.ids):
         assert final[row, :len(ids)].tolist() == ids
+
+
+@pytest.mark.parametrize("cache", ["none", "prefix"])
+def test_rows_that_join_later_decode_what_they_would_alone(cache):
+    """The engine's step-level batching: rows join between blocks (the canvas shifts and widens, the
+    exact cache is rebuilt) and each row still decodes what it decodes alone."""
+    import dataclasses
+
+    m = block_model(shift=True)
+    pol = policy(max_new_tokens=16, cache=cache)
+    decoder = BlockDecoder(m, pol)
+    first = decoder.admit([PROMPTS[0]], 16)[0]
+    while not decoder.at_boundary or decoder.nfe == 0:
+        decoder.step()
+    second = decoder.admit([PROMPTS[1]], 12)[0]
+    decoder.step()
+    while not decoder.at_boundary:
+        decoder.step()
+    third = decoder.admit([PROMPTS[2]], 8)[0]  # longer prompt: the canvas shifts right
+    while decoder.active:
+        decoder.step()
+    for handle, prompt, budget in ((first, PROMPTS[0], 16), (second, PROMPTS[1], 12), (third, PROMPTS[2], 8)):
+        alone = generate(m, [prompt], dataclasses.replace(pol, max_new_tokens=budget))
+        assert decoder.result(handle)[0] == alone.ids[0], handle

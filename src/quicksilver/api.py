@@ -61,6 +61,9 @@ class LM:
         family = FAMILY_DEFAULTS.get(getattr(self.model.config, "family", None))
         if family:
             return preset_policy(family)
+        if self.is_diffusion and getattr(self.model.config, "block_size", 0):  # exact cache, the model's blocks
+            return DecodePolicy(block_length=self.model.config.block_size, commit="threshold", threshold=0.9,
+                                early_stop=True, cache="prefix")
         if self.is_diffusion:
             return DecodePolicy(block_length=32, commit="threshold", threshold=0.9, early_stop=True)
         return DecodePolicy()
