@@ -120,7 +120,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ppl-samples", type=int, default=4)
     ap.add_argument("--infill-limit", type=int, default=None, help="single-line tasks (default: all 1,033)")
     ap.add_argument("--infill-threshold", type=float, default=0.9)
-    ap.add_argument("--skip", action="append", default=[], choices=["ppl", "infill"])
+    ap.add_argument("--skip", action="append", default=[], choices=["speed", "ppl", "infill"],
+                    help="leave out a part (e.g. run speed and ppl/infill as two processes)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/block"))
     ap.add_argument("--resume", action="store_true")
     args = ap.parse_args(argv)
@@ -165,11 +166,13 @@ def main(argv=None) -> int:
             continue
         model, _ = load_model(name, dtype=torch.float32)
         entry = {"block_size": getattr(model.config, "block_size", 0), "settings": []}
-        log(f"{name}: the twin right before it")
-        twin_rows = speed_rows(args.ar_model, twin_run, prompt_ids, prompts, tokenizer, batches, args.repeats, "fp32",
-                               "KV cache", log)
-        entry["twin_speed"] = {r.batch: r.tokens_per_second for r in twin_rows}
-        for tau in thresholds:
+        thresholds_here = [] if "speed" in args.skip else thresholds
+        if thresholds_here:
+            log(f"{name}: the twin right before it")
+            twin_rows = speed_rows(args.ar_model, twin_run, prompt_ids, prompts, tokenizer, batches, args.repeats,
+                                   "fp32", "KV cache", log)
+            entry["twin_speed"] = {r.batch: r.tokens_per_second for r in twin_rows}
+        for tau in thresholds_here:
             policy = policy_for(model, tau, args.max_new_tokens)
             use = [b for b in batches if b == 1 or tau in batch_thresholds]
             rows = speed_rows(name, diffusion_runner(model, policy), prompt_ids, prompts, tokenizer, use,
