@@ -157,6 +157,10 @@ def main(argv=None) -> int:
         result["twin"] = twin_q
         save()
 
+    if "ppl" not in args.skip and "ppl" not in result["twin"]:  # e.g. a resumed run on another data folder
+        result["twin"]["ppl"] = bits_per_byte(twin, args.data, args.ppl_windows, 1)
+        save()
+
     class _TwinRow:
         completions = result["twin"]["completions"]
 
