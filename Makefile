@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
 PROMPT ?= def fibonacci(n):
 
-.PHONY: demo test install install-dev chromium data data-code train-tiny clean
+.PHONY: demo test install install-dev chromium sandbox data data-code train-tiny clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 	touch $@
 
 install: $(VENV)/.installed
-install-dev: $(VENV)/.installed-dev chromium
+install-dev: $(VENV)/.installed-dev chromium sandbox
 
 # The playground test drives Debian's chromium through Playwright (Playwright's own browser download
 # cannot work offline). Installed once when missing; without root or apt the test skips and says why.
@@ -28,6 +28,13 @@ chromium:
 	@[ -x /usr/bin/chromium ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 	  echo "note: could not install chromium (needs root and apt-get); the playground test will be skipped"
+
+# The evaluation sandbox's boundary is Debian's bubblewrap (docs/evaluation.md). Installed once when
+# missing; without root or apt the sandbox refuses to run untrusted code and says how to get it.
+sandbox:
+	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; } || \
+	  echo "note: could not install bubblewrap (needs root and apt-get); the sandbox will refuse to run code"
 
 demo: install
 	$(BIN)/quicksilver generate "$(PROMPT)" --model coder-tiny --max-new-tokens 96 --block-length 32

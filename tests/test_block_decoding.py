@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from quicksilver.sampling import DecodePolicy, generate
+from quicksilver.sampling.block_causal import BlockCausalForward
 from quicksilver.sampling.diffusion import BlockDecoder
 from tests.conftest import tiny_model
 
@@ -43,13 +44,13 @@ def test_cached_block_decoding_equals_uncached_token_for_token(shift, rule):
 def test_decoder_blocks_are_the_models_and_start_at_a_block_boundary():
     m = block_model(block=4)
     decoder = BlockDecoder(m, policy(block_length=32, cache="dual"))
-    assert decoder.exact is not None and decoder.policy.block_length == 4
+    assert isinstance(decoder.forward, BlockCausalForward) and decoder.policy.block_length == 4
     decoder.admit(PROMPTS, 14)
     for r, prompt in enumerate(PROMPTS):
-        start = decoder.gen_start[r]
-        assert int(decoder.positions[r, start]) % 4 == 0  # the generated region starts a block
+        start = decoder.book.gen_start[r]
+        assert int(decoder.book.positions[r, start]) % 4 == 0  # the generated region starts a block
         # consecutive real positions (offset by fewer than a block)
-        real = decoder.positions[r, start - len(prompt):start + 14]
+        real = decoder.book.positions[r, start - len(prompt):start + 14]
         assert torch.equal(real - real[0], torch.arange(len(real)))
         assert 0 <= int(real[0]) < 4
 

@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from quicksilver.eval.humaneval import load_problems
-from quicksilver.eval.infill import (boundary, build_tasks, diffusion_infill, reference_fill, run_infill, select,
-                                    trim_fill)
 from quicksilver.eval.completion import Completion
+from quicksilver.eval.infill import boundary, build_tasks, reference_fill, run_infill, select, trim_fill
 from quicksilver.eval.sandbox import SandboxLimits
 from quicksilver.eval.systems import LocalSystem, policy_from_setting
 from quicksilver.model import Transformer
+from quicksilver.sampling import Canvas, fill
 from tests.conftest import tiny_config
 
 PROBLEM = {"prompt": "def f(x):\n    \"\"\"Twice x plus one.\"\"\"\n",
@@ -70,6 +70,12 @@ def test_line_holes_are_cut_on_token_boundaries():
 ])
 def test_trim_fill(fill, suffix, mode, expected):
     assert trim_fill(fill, suffix, mode) == expected
+
+
+def diffusion_infill(model, prefixes, suffixes, budget, policy):
+    """Fills and per-row forward passes of infill canvases (the block decoder)."""
+    result = fill(model, [Canvas.infill(p, budget, s) for p, s in zip(prefixes, suffixes)], policy)
+    return result.ids, result.forwards
 
 
 def _tiny(tokenizer) -> Transformer:

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from quicksilver.eval.boundary import SandboxUnavailable, boundary_problem, processes_in
 from quicksilver.eval.sandbox import SandboxLimits, run_python
 
 
@@ -99,13 +100,11 @@ def test_fork_bomb_is_contained_and_every_process_is_gone():
     elapsed = time.perf_counter() - start
     lines = result.stdout.split()
     assert len(lines) == 2, result.stderr
-    leader, children = int(lines[0]), int(lines[1])
+    children = int(lines[1])
     assert children < 8, f"{children} children: the process limit did not hold"
     assert result.status == "timed out" and elapsed < 4.0
-    time.sleep(0.1)
-    assert not _alive(leader)
-    with pytest.raises(ProcessLookupError):
-        os.killpg(leader, 0)  # nothing is left in the sandbox's process group
+    if result.namespace is not None:  # bubblewrap: its PID namespace is empty (tests/test_sandbox_hostile.py)
+        assert processes_in(result.namespace) == []
 
 
 def test_fork_is_refused_by_the_guard():
@@ -124,11 +123,10 @@ def test_cannot_delete_or_overwrite_files_outside_the_temp_dir(tmp_path, guard):
                f"    try:\n        attempt()\n    except Exception as e:\n        print(type(e).__name__)\n"
                f"open('mine.txt', 'w').write('ok')\nos.remove('mine.txt')\nprint('own files ok')\n")
     result = run_python(program, SandboxLimits(guard=guard))
-    if not guard and not any(layer.startswith("landlock") for layer in result.isolation) \
-            and "own uid" not in result.isolation:
-        pytest.skip("no Landlock on this kernel: without the guard nothing protects the file system")
     assert precious.read_text() == "keep me"
-    assert result.stdout.count("PermissionError") == 4, result.stdout + result.stderr
+    # the guard refuses each call; without it the host folder is not even visible in the sandbox
+    refusals = [line for line in result.stdout.splitlines() if line in ("PermissionError", "FileNotFoundError")]
+    assert len(refusals) == 4, result.stdout + result.stderr
     if not guard:
         assert "own files ok" in result.stdout  # the temp dir itself stays writable
 
@@ -138,3 +136,29 @@ def test_output_is_capped():
                         SandboxLimits(timeout_s=5.0, file_mb=1))
     assert result.status == "failed"  # SIGXFSZ at the file-size limit
     assert len(result.stdout) <= 70_000
+
+
+def test_refuses_without_a_boundary_unless_opted_out(monkeypatch):
+    from quicksilver.eval import sandbox
+
+    monkeypatch.setattr(sandbox, "boundary_problem", lambda: "bubblewrap is not installed")
+    monkeypatch.delenv("QUICKSILVER_SANDBOX", raising=False)
+    with pytest.raises(SandboxUnavailable, match="bubblewrap is not installed"):
+        run_python("print('ran')")
+    monkeypatch.setenv("QUICKSILVER_SANDBOX", "no-boundary")
+    r = run_python("print('ran')")
+    assert r.passed and "bubblewrap" not in r.isolation
+    monkeypatch.delenv("QUICKSILVER_SANDBOX")
+    assert run_python("print('ran')", SandboxLimits(require_boundary=False)).passed
+
+
+def test_missing_bwrap_is_named_in_one_sentence(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no bwrap, no setpriv
+    boundary_problem.cache_clear()
+    try:
+        problem = boundary_problem()
+    finally:
+        monkeypatch.undo()
+        boundary_problem.cache_clear()
+    assert problem is not None and ("bubblewrap" in problem or "setpriv" in problem)
+    assert "\n" not in problem

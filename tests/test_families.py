@@ -248,12 +248,12 @@ def test_batch_equals_single_at_temperature_zero_with_padding(which, cache, refr
 
 def test_dream_infilling_reads_shifted_logits_like_the_sampler(dream):
     """With an empty suffix, infilling is completion: both decoders must agree on Dream."""
-    from quicksilver.eval.infill import diffusion_infill
+    from quicksilver.sampling import Canvas, fill
     model, tok = dream
     policy = DecodePolicy(max_new_tokens=12, block_length=6, stop_at_eos=False)
     completion = generate(model, [PROMPTS[0]], policy).ids[0]
-    fills, forwards = diffusion_infill(model, [PROMPTS[0]], [[]], 12, policy)
-    assert fills[0] == completion and forwards == [12]
+    filled = fill(model, [Canvas.infill(PROMPTS[0], 12, [])], policy)
+    assert filled.ids[0] == completion and filled.forwards == [12]
     backend = LM(model, tok, "dream")
     filled = backend.infill_ids(PROMPTS[0], [40, 41], DecodePolicy(max_new_tokens=6, block_length=6))
     assert filled.nfe == 6 and len(filled.ids[0]) <= 6
@@ -311,7 +311,7 @@ def test_tempered_scores_change_the_order_only_when_sampling():
     """Dream ranks positions on the tempered distribution: at temperature 5 a peaked row over a wide
     vocabulary flattens below a row with two close candidates, so the commit order flips; at
     temperature 0 (greedy) ``score_tempered`` changes nothing."""
-    from quicksilver.sampling.diffusion import _commit
+    from quicksilver.sampling.step import choose as _commit
     peaked = [4.0] + [0.0] * 9  # p(top) 0.86, tempered 0.20
     two_close = [2.0, 1.0] + [-9.0] * 8  # p(top) 0.73, tempered 0.37
     logits = torch.tensor([peaked, two_close])

@@ -59,8 +59,10 @@ def test_nfe_equals_steps_run_and_blocks_go_left_to_right():
 
 
 def test_one_token_per_step_by_default():
-    result = generate(model(), [PROMPTS[0]], DecodePolicy(max_new_tokens=10, block_length=5, stop_at_eos=False))
-    assert result.nfe == 10 and result.tokens_per_forward <= 1.0
+    result = generate(model(), [PROMPTS[0]], DecodePolicy(max_new_tokens=10, block_length=5, stop_at_eos=False),
+                      keep_history=True)
+    assert result.nfe == 10
+    assert [int((h == MASK).sum()) for h in result.history] == list(range(9, -1, -1))  # one commit per step
 
 
 def test_temperature_zero_is_deterministic():
@@ -103,9 +105,10 @@ def test_stops_after_the_block_containing_end_of_text():
 
 def test_ar_decoding_counts_prefill_and_stops_at_eos():
     m = model(causal=True)
-    result = generate(m, PROMPTS, DecodePolicy(max_new_tokens=9, stop_at_eos=False))
+    result = generate(m, PROMPTS, DecodePolicy(max_new_tokens=9, stop_at_eos=False), keep_history=True)
     assert result.nfe == 9  # prefill gives the first token, 8 more passes for the rest
-    assert all(len(r) <= 9 for r in result.ids)
+    for ids, whole in zip(result.ids, result.history[-1].tolist()):  # all 9 decoded, each row cut at end of text
+        assert MASK not in whole and ids == (whole[:whole.index(EOS)] if EOS in whole else whole)
 
 
 def test_bad_requests_raise_generation_errors():
@@ -122,6 +125,8 @@ def test_python_api_passes_decoding_options_through():
     from quicksilver import load
     lm = load("coder-tiny")
     fast = lm.generate("def f(x):", max_new_tokens=16, commit="threshold", threshold=0.5, cache="prefix")
-    assert fast.nfe <= 16 and isinstance(fast.text, str)
+    direct = generate(lm.model, [lm.encode("def f(x):")],
+                      DecodePolicy(max_new_tokens=16, commit="threshold", threshold=0.5, cache="prefix"))
+    assert (fast.ids, fast.nfe) == (direct.ids, direct.nfe) and fast.text == lm.decode(direct.ids[0])
     with pytest.raises(GenerationError, match="unknown decoding option: bogus"):
         lm.generate("def f(x):", bogus=1)

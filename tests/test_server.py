@@ -152,6 +152,14 @@ BAD = [
     ("missing prompt", {}, 400, "prompt"),
     ("unknown model", {"prompt": "x", "model": "gpt-9"}, 404, "does not exist"),
     ("logprobs", {"prompt": "x", "logprobs": 3}, 400, "logprobs"),
+    # strict types: a string is not a number or a boolean, a float is not an integer
+    ("max_tokens as a string", {"prompt": "x", "max_tokens": "5"}, 400, "max_tokens"),
+    ("stream as a string", {"prompt": "x", "stream": "yes"}, 400, "stream"),
+    ("echo as a number", {"prompt": "x", "echo": 1}, 400, "echo"),
+    ("temperature as a string", {"prompt": "x", "temperature": "0.5"}, 400, "temperature"),
+    ("n as a float", {"prompt": "x", "n": 2.0}, 400, "'n'"),
+    ("seed as a string", {"prompt": "x", "seed": "7"}, 400, "seed"),
+    ("stop as a number", {"prompt": "x", "stop": 5}, 400, "stop"),
 ]
 
 
@@ -171,6 +179,57 @@ RAW = [
     ("10 MB body", b'{"prompt": "' + b"a" * 10_000_000 + b'"}', "application/json", 413, "larger than"),
     ("JSON that is not an object", b"[1, 2]", "application/json", 400, "invalid"),
 ]
+
+
+# A lone UTF-16 surrogate is a valid JSON escape but not text: each field that carries text.
+SURROGATES = [
+    ("/v1/completions", b'{"prompt": "a\\ud800b"}', "'prompt'"),
+    ("/v1/completions", b'{"prompt": ["\\udfff"]}', "'prompt.0'"),
+    ("/v1/completions", b'{"prompt": "x", "suffix": "\\ud800"}', "'suffix'"),
+    ("/v1/completions", b'{"prompt": "x", "stop": "\\ud800"}', "'stop'"),
+    ("/v1/completions", b'{"prompt": "x", "stop": ["ok", "\\udc00"]}', "'stop.1'"),
+    ("/v1/completions", b'{"prompt": "x", "model": "\\ud800"}', "'model'"),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "\\ud800"}]}', "'messages.0.content'"),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": [{"type": "text", "text": "\\ud800"}]}]}',
+     "'messages.0.content.0.text'"),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "stop": ["\\ud800"]}', "'stop.0'"),
+    ("/v1/completions", b'{"prompt": "x", "\\ud800": 1}', "'\\ud800'"),  # even an unknown key
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x", "name": "\\udfff"}]}',
+     "'messages.0.name'"),
+]
+
+
+@pytest.mark.parametrize("path,data,words", SURROGATES, ids=[d.decode() for _, d, _ in SURROGATES])
+def test_lone_surrogates_are_400_naming_the_field(server, path, data, words):
+    r = httpx.post(f"{server}{path}", content=data, headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert words in error["message"] and "surrogate" in error["message"], error
+    assert error["type"] == "invalid_request_error"
+
+
+ENCODINGS = [  # every other way a body's bytes can fail to be text or JSON: a 400, never a 5xx
+    ("UTF-16 body", '{"prompt": "x"}'.encode("utf-16"), "not valid UTF-8"),
+    ("a surrogate encoded as UTF-8 bytes (CESU-8)", b'{"prompt": "\xed\xa0\x80"}', "not valid UTF-8"),
+    ("overlong UTF-8", b'{"prompt": "\xc0\xaf"}', "not valid UTF-8"),
+    ("100,000 nested lists", b'{"prompt": "x", "stop": ' + b"[" * 100000 + b"]" * 100000 + b"}", "not valid JSON"),
+    ("a 5,000-digit integer", b'{"prompt": "x", "max_tokens": ' + b"9" * 5000 + b"}", "not valid JSON"),
+    ("NaN temperature", b'{"prompt": "x", "temperature": NaN}', "temperature"),
+]
+
+
+@pytest.mark.parametrize("name,data,words", ENCODINGS, ids=[e[0] for e in ENCODINGS])
+def test_encoding_problems_are_400(server, name, data, words):
+    r = httpx.post(f"{server}/v1/completions", content=data, headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 400, r.text
+    assert words in r.json()["error"]["message"]
+
+
+def test_a_surrogate_pair_is_text(server):
+    """An escaped pair (an emoji) is valid: only lone halves are refused."""
+    r = httpx.post(f"{server}/v1/completions", content=b'{"prompt": "x = \\ud83d\\ude00", "max_tokens": 2}',
+                   headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 200, r.text
 
 
 @pytest.mark.parametrize("name,data,kind,status,words", RAW, ids=[r[0] for r in RAW])
@@ -281,7 +340,8 @@ def test_api_key_guards_every_v1_route_and_cors_when_asked(lm):
                 assert r.json()["error"]["type"] == "authentication_error"
         assert httpx.get(f"{base}/health").status_code == 200
         keyed = openai.OpenAI(base_url=f"{base}/v1", api_key="s3cret", max_retries=0)
-        assert keyed.completions.create(model=MODEL, prompt="x", max_tokens=2).choices[0].text is not None
+        expected = lm.generate_ids([lm.encode("x")], dataclasses.replace(lm.default_policy, max_new_tokens=2)).texts[0]
+        assert keyed.completions.create(model=MODEL, prompt="x", max_tokens=2).choices[0].text == expected
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=f"{base}/v1", api_key="nope", max_retries=0).models.list()
         pre = httpx.options(f"{base}/v1/completions", headers={"Origin": "http://localhost:3000",

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -13,8 +14,9 @@ import torch
 from .chat import render_chat
 from .loading.checkpoint import load_model
 from .model import Transformer
-from .sampling import DecodePolicy, GenerationError, GenerationResult, StepEvent, generate
-from .sampling.infill import diffusion_infill
+from .sampling import Canvas, DecodePolicy, GenerationError, StepEvent, TextResult, fill, generate, resolve_policy
+from .sampling.canvas import fim_prompt
+from .sampling.policy import FAMILY_DEFAULTS
 from .tokenizer import Tokenizer
 
 
@@ -47,29 +49,28 @@ class LM:
 
     @property
     def stop_ids(self) -> list[int]:  # optional for a Backend: end of text and end of turn (LLaDA, Dream)
-        return [int(i) for i in getattr(self.model.config, "stop_ids", [self.model.config.eos_token_id])]
+        return [int(i) for i in self.model.config.stop_ids]
 
     @property
     def default_policy(self) -> DecodePolicy:
-        """What a server request gets when it names no decoding option: for a diffusion model the
-        threshold rule (commits every position the model is >= 90% sure of, at least one per step) with
-        early stop, which is several times faster than one token per step at nearly the same quality
-        (docs/benchmarks.md); greedy left-to-right decoding for the AR twin.  LLaDA and Dream get their
-        reference sampler (``sampling.presets.FAMILY_DEFAULTS``)."""
-        from .sampling.presets import FAMILY_DEFAULTS, preset_policy
-
-        family = FAMILY_DEFAULTS.get(getattr(self.model.config, "family", None))
-        if family:
-            return preset_policy(family)
-        if self.is_diffusion and getattr(self.model.config, "block_size", 0):  # exact cache, the model's blocks
-            return DecodePolicy(block_length=self.model.config.block_size, commit="threshold", threshold=0.9,
-                                early_stop=True, cache="prefix")
-        if self.is_diffusion:
-            return DecodePolicy(block_length=32, commit="threshold", threshold=0.9, early_stop=True)
-        return DecodePolicy()
+        """What a server request gets when it names no decoding option: for a diffusion model
+        ``sampling.policy.DEFAULT_PRESET`` (the threshold rule with early stop), for LLaDA and Dream their
+        family's reference sampler (``FAMILY_DEFAULTS``); greedy left-to-right decoding for the AR twin.
+        A block-diffusion model (``block_size``) decodes its own blocks with the exact cache."""
+        policy = resolve_policy(FAMILY_DEFAULTS.get(self.model.config.family), diffusion=self.is_diffusion)
+        if self.is_diffusion and self.model.config.block_size:
+            policy = dataclasses.replace(policy, block_length=self.model.config.block_size, cache="prefix")
+        return policy
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text)
+
+    def encode_literal(self, text: str) -> list[int]:  # optional for a Backend: special tokens as text
+        return self.tokenizer.encode_literal(text)
+
+    @property
+    def special_texts(self) -> list[str]:
+        return self.tokenizer.special_texts
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(ids)
@@ -83,32 +84,27 @@ class LM:
         return render_chat(messages, self.chat_template)
 
     def generate_ids(self, prompts: list[list[int]], policy: DecodePolicy,
-                     on_step: Callable[[StepEvent], None] | None = None) -> GenerationResult:
-        result = generate(self.model, prompts, policy, on_step=on_step)
-        result.texts = [self.tokenizer.decode(row) for row in result.ids]
-        return result
+                     on_step: Callable[[StepEvent], None] | None = None) -> TextResult:
+        return TextResult.of(generate(self.model, prompts, policy, on_step=on_step), self.tokenizer.decode)
 
     def infill_ids(self, prefix: list[int], suffix: list[int], policy: DecodePolicy,
-                   on_step: Callable[[StepEvent], None] | None = None) -> GenerationResult:
-        """Diffusion: masks between prefix and suffix (``sampling.infill``).  AR twin: its
-        prefix-suffix-middle format, ``<fim_prefix> prefix <fim_suffix> suffix <fim_middle>``; so does a
-        block-diffusion model (``block_size``), which cannot see a suffix after its block and was
-        trained on the same format."""
-        import time
+                   on_step: Callable[[StepEvent], None] | None = None) -> TextResult:
+        """Diffusion: the canvas ``[prefix | mask * max_new_tokens | suffix]`` through the block decoder.
+        AR twin: its prefix-suffix-middle prompt (``canvas.fim_prompt``) as a completion; so does a
+        block-diffusion model, which cannot see a suffix after its block and was trained on that format."""
+        if not self.is_diffusion or self.model.config.block_size:
+            return self.generate_ids([self.fim_prompt(prefix, suffix)], policy, on_step)
+        return self.fill_ids([Canvas.infill(prefix, policy.max_new_tokens, suffix)], policy, on_step)
 
+    def fim_prompt(self, prefix: list[int], suffix: list[int]) -> list[int]:
+        """The AR twin's prefix-suffix-middle prompt for a fill between ``prefix`` and ``suffix``."""
         cfg = self.model.config
-        if not self.is_diffusion or getattr(cfg, "block_size", 0):
-            return self.generate_ids([[cfg.fim_prefix_id, *prefix, cfg.fim_suffix_id, *suffix, cfg.fim_middle_id]],
-                                     policy, on_step)
-        if not prefix and not suffix:
-            raise GenerationError("the prompt is empty")
-        policy.validate()
-        start = time.perf_counter()
-        fills, forwards = diffusion_infill(self.model, [prefix], [suffix], policy.max_new_tokens, policy, on_step)
-        ids = fills[0]
-        return GenerationResult(ids=[ids], texts=[self.tokenizer.decode(ids)], nfe=forwards[0],
-                                generated_tokens=len(ids), seconds=time.perf_counter() - start,
-                                finished=[len(ids) < policy.max_new_tokens], row_forwards=forwards[0])
+        return fim_prompt(prefix, suffix, cfg.fim_prefix_id, cfg.fim_suffix_id, cfg.fim_middle_id)
+
+    def fill_ids(self, canvases: list[Canvas], policy: DecodePolicy,
+                 on_step: Callable[[StepEvent], None] | None = None) -> TextResult:
+        """Fill any canvases (``sampling.canvas``); ``result.spans`` holds each row's spans."""
+        return TextResult.of(fill(self.model, canvases, policy, on_step=on_step), self.tokenizer.decode)
 
     def decoder(self, policy: DecodePolicy):
         """Step-level batching (optional capability the engine looks for): a ``BlockDecoder`` that
@@ -127,24 +123,18 @@ class LM:
     def generate(self, prompt: str | list[str], max_new_tokens: int = 128, steps: int | None = None,
                  block_length: int = 32, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                  seed: int | None = None, stop_at_eos: bool = True,
-                 on_step: Callable[[StepEvent], None] | None = None, **decoding) -> GenerationResult:
+                 on_step: Callable[[StepEvent], None] | None = None, **decoding) -> TextResult:
         """Complete one prompt (or a list of prompts, decoded as one batch).
 
         ``decoding`` takes any other ``DecodePolicy`` field, e.g. ``commit="threshold"``,
         ``threshold=0.9``, ``cache="dual"``.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        known = {f.name for f in dataclasses.fields(DecodePolicy)}
-        unknown = sorted(set(decoding) - known)
-        if unknown:
-            raise GenerationError(f"unknown decoding option{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}")
-        policy = DecodePolicy(max_new_tokens=max_new_tokens, block_length=block_length, steps=steps,
-                              temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                              stop_at_eos=stop_at_eos, **decoding)
+        policy = resolve_policy("reference", max_new_tokens=max_new_tokens, block_length=block_length, steps=steps,
+                                temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                                stop_at_eos=stop_at_eos, **decoding)
         ids = [self.encode_prompt(p) for p in prompts]
-        result = generate(self.model, ids, policy, on_step=on_step)
-        result.texts = [self.tokenizer.decode(row) for row in result.ids]
-        return result
+        return TextResult.of(generate(self.model, ids, policy, on_step=on_step), self.tokenizer.decode)
 
 
 def load(name_or_path: str | os.PathLike = "coder-tiny", device: str | None = None,

@@ -2,7 +2,13 @@
 
 Quicksilver's own models (``api.LM``), LLaDA and Dream loaded into Quicksilver's model code, and
 DiffusionGemma running in transformers all present this interface, so the engine never asks which
-one it serves.  Token ids in, token ids and step events out; no HTTP, no threads.
+one it serves; the evaluation decodes local models through it too (``eval.systems.LocalSystem``).
+Token ids in, token ids and step events out; no HTTP, no threads.
+
+Optional capabilities (looked up with ``getattr``, absent on some backends): ``stop_ids`` / ``eos_id``
+(the ids that end a text), ``decoder(policy)`` (a ``sampling.diffusion.BlockDecoder`` for step-level
+batching of canvases), ``fill_ids(canvases, policy)`` (any ``sampling.canvas.Canvas``) and
+``fim_prompt(prefix, suffix)`` (an AR model's fill-in-the-middle prompt).
 """
 from __future__ import annotations
 

@@ -73,14 +73,17 @@ def generate(
                               help="Bundled model name, checkpoint folder (Quicksilver, LLaDA, Dream, DiffusionGemma) "
                                    "or Hugging Face Hub id."),
     max_new_tokens: Optional[int] = typer.Option(None, help="Most tokens to generate (default 128, or the preset's)."),
-    steps: Optional[int] = typer.Option(None, help="Diffusion forward passes in all (default: one per token)."),
+    steps: Optional[int] = typer.Option(None, help="Diffusion forward passes in all (default: one per token); "
+                                                   "given alone it selects the fixed rule."),
     block_length: Optional[int] = typer.Option(None, help="Diffusion block length: positions decoded together "
                                                           "(default 32, or the preset's)."),
     temperature: Optional[float] = typer.Option(None, help="0 is greedy (default 0, or the preset's)."),
+    top_k: Optional[int] = typer.Option(None, help="Sample among the k most likely tokens (default 0: off)."),
     top_p: Optional[float] = typer.Option(None, help="Nucleus sampling threshold (default 1)."),
     seed: Optional[int] = typer.Option(None, help="Random seed for sampling at temperature > 0."),
-    preset: Optional[str] = typer.Option(None, help="A family's reference sampler: llada, llada-pure, dream-entropy, "
-                                                    "dream-margin, dream-maskgit-plus (default: the model's own)."),
+    preset: Optional[str] = typer.Option(None, help="A preset or setting name: quicksilver, reference, llada, "
+                                                    "llada-pure, dream-entropy, dream-margin, dream-maskgit-plus, or "
+                                                    "e.g. dual-inc+thr0.7 (docs/serving.md; default: the model's own)."),
     commit: Optional[str] = typer.Option(None, help="Diffusion commit rule: fixed (the reference schedule), threshold, "
                                          "factor or entropy (commit as many positions per step as the model is sure of)."),
     threshold: Optional[float] = typer.Option(None, help="--commit threshold: commit every position scored above this "
@@ -89,10 +92,17 @@ def generate(
     entropy_bound: Optional[float] = typer.Option(None, help="--commit entropy: summed entropy (nats) per step "
                                                              "(default 0.5)."),
     score: Optional[str] = typer.Option(None, help="How positions are ranked: probability, margin or entropy."),
+    schedule: Optional[str] = typer.Option(None, help="How the fixed rule shares a block out over its steps: "
+                                                      "linear (LLaDA) or dream."),
+    score_tempered: Optional[bool] = typer.Option(None, "--score-tempered/--no-score-tempered",
+                                                  help="Rank positions on the tempered distribution (Dream)."),
     cache: Optional[str] = typer.Option(None, help="Diffusion KV cache: none, prefix or dual."),
     refresh: Optional[str] = typer.Option(None, help="How a cached block starts: full or incremental."),
+    window: Optional[int] = typer.Option(None, help="Masked positions after the block the model sees (default: all)."),
     early_stop: Optional[bool] = typer.Option(None, "--early-stop/--no-early-stop",
                                               help="Stop as soon as end of text is final (no pass on trailing padding)."),
+    stop_at_eos: Optional[bool] = typer.Option(None, "--stop-at-eos/--no-stop-at-eos",
+                                               help="End at end of text (default on)."),
     chat: bool = typer.Option(False, "--chat", help="Send PROMPT as a user message through the model's chat template."),
     live: bool = typer.Option(True, "--live/--no-live", help="Show the canvas being refined."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
@@ -102,28 +112,27 @@ def generate(
     Options left out come from --preset, else from the model's default decoding (for LLaDA and Dream
     their reference sampler; for Quicksilver's diffusion models the threshold rule at 0.9 with early stop,
     as the server uses; --steps alone selects the fixed schedule)."""
-    import dataclasses
-
     from .api import load_backend
     from .live import CanvasView
-    from .sampling import DecodePolicy, preset_policy
+    from .sampling import DecodePolicy, resolve_policy
 
     if max_new_tokens is not None and max_new_tokens <= 0:
         raise UserError("--max-new-tokens must be a positive integer")
     if not prompt.strip():
         raise UserError("the prompt is empty")
+    from .prompting import text_problem
+
+    problem = text_problem(prompt)  # e.g. bytes that were not UTF-8 reach Python as lone surrogates
+    if problem:
+        raise UserError(f"the prompt is not valid text: it {problem}")
     options = dict(max_new_tokens=max_new_tokens, steps=steps, block_length=block_length, temperature=temperature,
-                   top_p=top_p, seed=seed, commit=commit, threshold=threshold, factor=factor,
-                   entropy_bound=entropy_bound, score=score, cache=cache, refresh=refresh, early_stop=early_stop)
-    given = {k: v for k, v in options.items() if v is not None}
+                   top_k=top_k, top_p=top_p, seed=seed, commit=commit, threshold=threshold, factor=factor,
+                   entropy_bound=entropy_bound, score=score, schedule=schedule, score_tempered=score_tempered,
+                   cache=cache, refresh=refresh, window=window, early_stop=early_stop, stop_at_eos=stop_at_eos)
     # Check the decoding options before anything is loaded or drawn, so a bad option prints only its error.
-    (preset_policy(preset, **given) if preset is not None else dataclasses.replace(DecodePolicy(), **given)).validate()
+    resolve_policy(preset, base=None if preset else DecodePolicy(), **options)
     lm = load_backend(model, device=device)
-    base = preset_policy(preset) if preset is not None else lm.default_policy
-    if steps is not None and commit is None and base.commit in ("threshold", "factor"):
-        given["commit"] = "fixed"  # these rules ignore a step count; asking for one means the fixed schedule
-    policy = preset_policy(preset, **given) if preset is not None else dataclasses.replace(base, **given)
-    policy.validate()
+    policy = resolve_policy(preset, base=None if preset else lm.default_policy, diffusion=lm.is_diffusion, **options)
     text = lm.render_chat([{"role": "user", "content": prompt}]) if chat else prompt
     ids = [lm.encode(text)]
     view = CanvasView(lm.tokenizer, prompt, console) if live else None
@@ -144,6 +153,8 @@ def generate(
 def train(
     config: Path = typer.Argument(..., help="TOML run config, e.g. configs/coder-tiny.toml."),
     resume: bool = typer.Option(False, help="Continue from the run's latest checkpoint."),
+    overwrite: bool = typer.Option(False, help="Delete the run already in train.out_dir and start over (without "
+                                               "this or --resume a non-empty out_dir is refused)."),
     set_: List[str] = typer.Option([], "--set", help="Override a config value: section.key=value."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ):
@@ -152,7 +163,7 @@ def train(
     from .training.train import train as run_training
 
     run = load_run_config(config, _parse_overrides(set_))
-    state = run_training(run, resume=resume, progress=progress, log=console.print)
+    state = run_training(run, resume=resume, progress=progress, log=console.print, overwrite=overwrite)
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun only rank 0 reports
     console.print(f"done: step {state['step']}, {state['tokens']:,} tokens, best validation loss "
@@ -252,6 +263,10 @@ def serve(
     log_level: str = typer.Option("info", help="uvicorn log level."),
     threads: Optional[int] = typer.Option(None, help="torch threads for decoding (default: torch's choice; on a "
                                                      "busy CPU 1 is often faster)."),
+    body_timeout: float = typer.Option(30.0, help="Seconds a client has to send its request body (408 after)."),
+    special_tokens_in_text: bool = typer.Option(False, "--special-tokens-in-text",
+                                                help="Read special-token strings typed in prompts and messages (e.g. "
+                                                     "'<|endoftext|>') as control tokens; by default they are text."),
 ):
     """Serve MODEL over the OpenAI API (completions, chat, streaming with diffusion drafts) and the
     playground page at http://HOST:PORT/."""
@@ -264,8 +279,8 @@ def serve(
     except ImportError:
         raise UserError("the server needs FastAPI and uvicorn: pip install 'quicksilver-lm[serve]'") from None
     resolve_model_path(model)  # a missing model is an error now, not after the socket is up
-    if min(max_batch, max_queue, max_n, max_body) < 1 or time_limit <= 0:
-        raise UserError("--max-batch, --max-queue, --max-n, --max-body and --time-limit must be positive")
+    if min(max_batch, max_queue, max_n, max_body) < 1 or time_limit <= 0 or body_timeout <= 0:
+        raise UserError("--max-batch, --max-queue, --max-n, --max-body, --time-limit and --body-timeout must be positive")
     if not 0 < port < 65536:
         raise UserError(f"--port must be between 1 and 65535, got {port}")
     if threads is not None and threads <= 0:
@@ -275,7 +290,8 @@ def serve(
                           "use the model (set --api-key or QUICKSILVER_API_KEY)", style="yellow")
     settings = ServerSettings(model=model, api_key=api_key or None, cors_origins=tuple(cor for cor in cors_origin),
                               max_batch=max_batch, max_queue=max_queue, max_n=max_n, time_limit_s=time_limit,
-                              max_body=max_body, device=device)
+                              max_body=max_body, device=device, body_timeout_s=body_timeout,
+                              special_tokens_in_text=special_tokens_in_text)
     console.print(f"serving {model} on http://{host}:{port}/ (OpenAI API at /v1; "
                   f"{'API key required' if api_key else 'no API key'})", highlight=False)
     if threads is not None:
@@ -529,6 +545,12 @@ def _sandbox(timeout: float, memory_mb: int):
 
     if timeout <= 0 or memory_mb <= 0:
         raise UserError("--timeout and --memory-mb must be positive")
+    from .eval.boundary import SandboxUnavailable, require_boundary
+
+    try:  # before any generation: an evaluation that cannot run its tests safely stops at once
+        require_boundary()
+    except SandboxUnavailable as e:
+        raise UserError(f"cannot run generated code safely: {e}") from None
     return SandboxLimits(timeout_s=timeout, memory_mb=memory_mb)
 
 

@@ -15,12 +15,89 @@ def read_json_object(path: str | Path, error: type[Exception] = ValueError) -> d
     """The JSON object in ``path``; a file that is not valid JSON or not an object raises ``error``
     with one sentence naming the file (every config-like file a user hands us goes through here)."""
     try:
-        data = json.loads(Path(path).read_text())
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise error(f"cannot read {path} ({e.strerror or e})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise error(f"{path} is not UTF-8 text (bad byte at offset {e.start})") from None
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         raise error(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
     if not isinstance(data, dict):
         raise error(f"{path} must hold a JSON object")
     return data
+
+
+_POSITIVE_INTS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                  "num_key_value_heads", "max_position_embeddings")
+_POSITIVE_FLOATS = ("rope_theta", "rms_norm_eps")
+_BOOLS = ("causal", "logits_shift", "attention_bias", "rope_fp32", "tie_word_embeddings")
+_TOKEN_IDS = ("mask_token_id", "eos_token_id", "pad_token_id")
+_OPTIONAL_TOKEN_IDS = ("fim_prefix_id", "fim_suffix_id", "fim_middle_id")  # -1: the model has none
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _shown(value) -> str:
+    text = json.dumps(value) if isinstance(value, (str, bool, type(None), list, dict)) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def config_problems(cfg: "ModelConfig") -> list[str]:
+    """Everything wrong with a model config, one clause per problem (types first: a value of the
+    wrong type is not range-checked).  JSON's ``256.0`` is not an integer and ``"yes"`` not a boolean."""
+    problems = []
+    for name in _POSITIVE_INTS:
+        value = getattr(cfg, name)
+        if not _is_int(value):
+            problems.append(f"{name} must be an integer, got {_shown(value)}")
+        elif value <= 0:
+            problems.append(f"{name} must be positive, got {value}")
+    for name in _POSITIVE_FLOATS:
+        value = getattr(cfg, name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            problems.append(f"{name} must be a number, got {_shown(value)}")
+        elif not value > 0 or value == float("inf"):
+            problems.append(f"{name} must be a positive finite number, got {value}")
+    for name in _BOOLS:
+        value = getattr(cfg, name)
+        if not isinstance(value, bool):
+            problems.append(f"{name} must be true or false, got {_shown(value)}")
+    if not isinstance(cfg.family, str):
+        problems.append(f"family must be a string, got {_shown(cfg.family)}")
+    if not isinstance(cfg.extra, dict):
+        problems.append(f"extra must be an object, got {_shown(cfg.extra)}")
+    vocab = cfg.vocab_size if _is_int(cfg.vocab_size) and cfg.vocab_size > 0 else None
+    for name in _TOKEN_IDS + _OPTIONAL_TOKEN_IDS:
+        value = getattr(cfg, name)
+        lowest = -1 if name in _OPTIONAL_TOKEN_IDS else 0
+        if not _is_int(value):
+            problems.append(f"{name} must be an integer token id, got {_shown(value)}")
+        elif value < lowest or (vocab is not None and value >= vocab):
+            problems.append(f"{name} {value} is outside the vocabulary (0 to {vocab - 1 if vocab else '?'})")
+    if not isinstance(cfg.stop_token_ids, list) or not all(_is_int(i) for i in cfg.stop_token_ids):
+        problems.append(f"stop_token_ids must be a list of integer token ids, got {_shown(cfg.stop_token_ids)}")
+    elif vocab is not None and any(not 0 <= i < vocab for i in cfg.stop_token_ids):
+        bad = next(i for i in cfg.stop_token_ids if not 0 <= i < vocab)
+        problems.append(f"stop_token_ids holds {bad}, outside the vocabulary (0 to {vocab - 1})")
+    heads, kv, hidden = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.hidden_size
+    if all(_is_int(v) and v > 0 for v in (heads, kv, hidden)):  # the shapes, once the numbers are sound
+        if hidden % heads:
+            problems.append("hidden_size must be divisible by num_attention_heads")
+        elif (hidden // heads) % 2:
+            problems.append("the attention head dimension must be even (rotary embedding)")
+        if heads % kv:
+            problems.append("num_attention_heads must be divisible by num_key_value_heads")
+    if not _is_int(cfg.block_size) or cfg.block_size < 0:
+        problems.append(f"block_size must be 0 (off) or a positive integer, got {_shown(cfg.block_size)}")
+    elif cfg.block_size and cfg.causal is True:
+        problems.append("block_size (block-causal attention) is for diffusion models; causal must be false")
+    return problems
 
 
 @dataclass
@@ -61,20 +138,9 @@ class ModelConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.hidden_size % self.num_attention_heads:
-            raise ConfigError("hidden_size must be divisible by num_attention_heads")
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise ConfigError("num_attention_heads must be divisible by num_key_value_heads")
-        if (self.hidden_size // self.num_attention_heads) % 2:
-            raise ConfigError("the attention head dimension must be even (rotary embedding)")
-        if self.block_size < 0:
-            raise ConfigError("block_size must be 0 (off) or a positive number of positions")
-        if self.block_size and self.causal:
-            raise ConfigError("block_size (block-causal attention) is for diffusion models; causal must be false")
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                     "max_position_embeddings"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive")
+        problems = config_problems(self)
+        if problems:  # every problem, one clause each, so that a hand-edited file is fixed in one go
+            raise ConfigError("; ".join(problems))
 
     @property
     def head_dim(self) -> int:
@@ -98,6 +164,11 @@ class ModelConfig:
         unknown = set(d) - known - ignored
         if unknown:
             raise ConfigError(f"unknown model config keys: {', '.join(sorted(unknown))}")
+        if "model_type" in d and not isinstance(d["model_type"], str):
+            raise ConfigError(f"model_type must be a string, got {_shown(d['model_type'])}")
+        archs = d.get("architectures", [])
+        if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+            raise ConfigError(f"architectures must be a list of strings, got {_shown(archs)}")
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def save(self, path: str | Path) -> None:

@@ -49,9 +49,10 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 class KVCache:
     """Keys and values of earlier tokens, one (k, v) pair per layer, shape (B, H_kv, T, D).
 
-    ``append`` extends the cache (AR decoding, prefix caching); ``crop`` cuts it back to a length.
-    The padding mask of the cached tokens lives in ``attention_mask`` (B, T) so that later calls can
-    mask cached padding without the caller repeating it.
+    ``extend`` extends the cache (AR decoding, prefix caching); ``crop`` cuts it back to a length.
+    The padding mask of the cached tokens lives in ``attention_mask`` (B, T), kept by the cache's
+    owner (the sampler), so that later calls can mask cached padding without repeating it; the model
+    reads it and never writes it.
     """
 
     def __init__(self, num_layers: int) -> None:
@@ -229,6 +230,8 @@ class Transformer(nn.Module):
         rule for one call: training layouts such as block diffusion's [x_t ; x_0] (``diffusion.py``)."""
         b, n = input_ids.shape
         past = cache.length if cache is not None else 0
+        # The mask may cover the cached keys and the new tokens, or only the new tokens (then the
+        # cache's own mask, which its owner keeps, covers the cached keys).  The model never writes it.
         if past and cache.attention_mask is not None and attention_mask is None:
             attention_mask = torch.ones(b, n, dtype=torch.long, device=input_ids.device)
         if past and attention_mask is not None and attention_mask.shape[1] == n:
@@ -247,8 +250,6 @@ class Transformer(nn.Module):
             mask, is_causal = build_attention_mask(self.config, n, past, attention_mask, input_ids.device, positions)
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, mask, is_causal, cache, i)
-        if cache is not None and attention_mask is not None:
-            cache.attention_mask = attention_mask
         return self.norm(x)
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,18 @@ class TokenizerError(ValueError):
     """A tokenizer file is missing or unusable."""
 
 
+# tokenizers' ``encode`` holds the GIL for the whole call while ``encode_batch`` releases it: a long
+# text goes through ``encode_batch`` so that a server thread tokenizing a 1 MB prompt does not stop
+# every other thread (the event loop included) for a second or more.
+_LONG_TEXT = 4096
+
+
+def _hf_ids(hf: HFTokenizer, text: str) -> list[int]:
+    if len(text) > _LONG_TEXT:
+        return hf.encode_batch([text], add_special_tokens=False)[0].ids
+    return hf.encode(text, add_special_tokens=False).ids
+
+
 class _Decoding:
     """Decoding shared by both tokenizers: needs ``hf``, ``vocab_size`` and ``special_ids``."""
     hf: HFTokenizer
@@ -50,6 +62,37 @@ class _Decoding:
     def iter_token_texts(self, ids: Iterable[int]) -> Iterator[str]:
         for i in ids:
             yield self.token_text(int(i))
+
+    @property
+    def max_token_chars(self) -> int:
+        """The most characters one token can stand for (a lower bound on a text's token count is its
+        length divided by this; the server refuses a far too long prompt without tokenizing it)."""
+        most = self.__dict__.get("_max_token_chars")
+        if most is None:
+            vocab = self.hf.get_vocab(with_added_tokens=True)
+            most = self.__dict__["_max_token_chars"] = max((len(t) for t in vocab), default=1) or 1
+        return most
+
+    @property
+    def special_texts(self) -> list[str]:
+        """The strings of the special (control) tokens, e.g. '<|endoftext|>'."""
+        texts = (self.hf.id_to_token(i) for i in sorted(self.special_ids) if 0 <= i < self.vocab_size)
+        return [t for t in texts if t]
+
+    def encode_literal(self, text: str) -> list[int]:
+        """Ids for ``text`` with special-token strings in it taken as plain text (a user who types
+        '<|endoftext|>' gets those characters, not end of text).  A second tokenizer object with
+        ``encode_special_tokens`` on, so that the shared one is never switched under another thread."""
+        literal = self.__dict__.get("_literal_hf")
+        if literal is None:
+            literal = HFTokenizer.from_str(self.hf.to_str())
+            literal.encode_special_tokens = True
+            self.__dict__["_literal_hf"] = literal
+        ids = _hf_ids(literal, text)
+        bos = getattr(self, "bos_id", None)
+        if getattr(self, "add_bos", False) and not (ids and ids[0] == bos):
+            ids = [bos] + ids
+        return ids
 
 
 class Tokenizer(_Decoding):
@@ -107,7 +150,7 @@ class Tokenizer(_Decoding):
 
     # -- use -------------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
-        return self.hf.encode(text, add_special_tokens=False).ids
+        return _hf_ids(self.hf, text)
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
@@ -171,7 +214,7 @@ class ExternalTokenizer(_Decoding):
                    template if isinstance(template, str) else None)
 
     def encode(self, text: str) -> list[int]:
-        ids = self.hf.encode(text, add_special_tokens=False).ids
+        ids = _hf_ids(self.hf, text)
         if self.add_bos and not (ids and ids[0] == self.bos_id):
             ids = [self.bos_id] + ids
         return ids

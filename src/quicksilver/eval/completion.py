@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..sampling.stops import cut_at_stops  # the one cut at stop sequences (the engine's too)
+
 
 @dataclass
 class Completion:
@@ -38,12 +40,3 @@ class Usage:
         return {"generated_tokens": self.tokens, "row_forwards": self.row_forwards,
                 "tokens_per_forward": None if tpf is None else round(tpf, 4), "seconds": round(self.seconds, 2)}
 
-
-def cut_at_stops(text: str, stops: tuple[str, ...] | list[str]) -> str:
-    """``text`` up to the earliest stop sequence."""
-    cut = len(text)
-    for stop in stops:
-        i = text.find(stop)
-        if i != -1:
-            cut = min(cut, i)
-    return text[:cut]

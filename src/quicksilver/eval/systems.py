@@ -12,45 +12,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..sampling import DecodePolicy, GenerationError, generate
+from ..api import LM
+from ..sampling import Canvas, DecodePolicy
+from ..sampling.canvas import FIM_FRAME_TOKENS
+from ..sampling.policy import policy_from_setting, resolve_policy
+from ..sampling.stops import final_prefix, settled_at
 from .completion import Completion, Usage, cut_at_stops
 
 
 # -- decoding settings -------------------------------------------------------------------------------
-def policy_from_setting(setting: str, max_new_tokens: int, block_length: int = 32, cache: str = "none",
-                        temperature: float = 0.0, seed: int | None = None) -> DecodePolicy:
-    """A ``DecodePolicy`` from a short setting string:
-
-    * ``fixed:K``: the reference linear schedule committing K tokens per forward pass (K=1 is
-      LLaDA's one-token-per-step reference);
-    * ``threshold:T`` / ``factor:F`` / ``entropy:B``: the dynamic commit rules of the fast decoder.
-    """
-    kind, _, value = setting.partition(":")
-    try:
-        number = float(value) if value else None
-    except ValueError:
-        raise GenerationError(f"decoding setting '{setting}' needs a number after the colon") from None
-    policy = DecodePolicy(max_new_tokens=max_new_tokens, block_length=min(block_length, max_new_tokens),
-                          temperature=temperature, seed=seed, cache=cache)
-    if kind == "fixed":
-        per_step = 1 if number is None else int(number)
-        if per_step < 1 or (number is not None and number != per_step):
-            raise GenerationError("fixed:K needs K >= 1 tokens per step")
-        policy.steps = max(1, -(-max_new_tokens // per_step))
-    elif kind == "threshold":
-        policy.commit, policy.threshold = "threshold", 0.9 if number is None else number
-    elif kind == "factor":
-        policy.commit, policy.factor = "factor", 1.0 if number is None else number
-    elif kind == "entropy":
-        policy.commit, policy.entropy_bound = "entropy", 0.5 if number is None else number
-    else:
-        raise GenerationError(f"unknown decoding setting '{setting}': use fixed:K, threshold:T, factor:F or entropy:B")
-    if hasattr(policy, "early_stop"):
-        policy.early_stop = True  # same outputs, fewer forward passes
-    policy.validate()
-    return policy
-
-
 def describe_policy(policy: DecodePolicy, causal: bool) -> str:
     if causal:
         return "autoregressive, greedy" if policy.temperature == 0 else f"autoregressive, T={policy.temperature:g}"
@@ -58,7 +28,7 @@ def describe_policy(policy: DecodePolicy, causal: bool) -> str:
         per = policy.max_new_tokens / (policy.steps or policy.max_new_tokens)
         text = f"fixed {per:g} token(s)/step, block {policy.block_length}, cache {policy.cache}"
     else:
-        text = policy.describe() if hasattr(policy, "describe") else policy.commit
+        text = policy.describe()
     return text + ("" if policy.temperature == 0 else f", T={policy.temperature:g}")
 
 
@@ -72,40 +42,36 @@ class StopDecoding(Exception):
 
 
 class StopWatcher:
-    """An ``on_step`` callback that stops decoding once every row has a stop sequence (or end of text)
-    inside its committed prefix.
+    """An ``on_step`` callback that stops decoding once every row's committed prefix is settled: it
+    holds a stop id, or a stop sequence that decides the cut (``stops.settled_at``).
 
     Committed tokens never change and blocks are decoded left to right, so the text before the first
-    mask of a row is final: a stop sequence found there (ending a margin before the prefix's end, so
-    that no longer stop sequence could still start earlier) makes the rest of the row irrelevant once
-    it is cut at the stop.  Results are exactly those of a full decode cut at the stop sequences; only
+    mask of a row is final.  Results are exactly those of a full decode cut at the stop sequences; only
     the forward passes after the point where the answer was settled are saved (and not counted).
     """
 
-    def __init__(self, tokenizer, stops: tuple[str, ...], mask_id: int, eos_id: int) -> None:
-        self.tokenizer, self.stops, self.mask_id, self.eos_id = tokenizer, tuple(stops), mask_id, eos_id
-        self.margin = max((len(s) for s in self.stops), default=0)
+    def __init__(self, tokenizer, stops: tuple[str, ...], mask_id: int, stop_ids) -> None:
+        self.tokenizer, self.stops, self.mask_id = tokenizer, tuple(stops), mask_id  # anything with decode()
+        self.stop_ids = frozenset([stop_ids] if isinstance(stop_ids, int) else stop_ids)
         self.checked: dict[int, int] = {}
 
     def _settled(self, row: int, ids: list[int]) -> bool:
-        prefix = ids[:ids.index(self.mask_id)] if self.mask_id in ids else ids
-        if self.eos_id in prefix:
+        prefix, ended = final_prefix(ids, self.mask_id, self.stop_ids)
+        if ended:
             return True
         if self.checked.get(row) == len(prefix):
             return False
         self.checked[row] = len(prefix)
-        text = self.tokenizer.decode(prefix)
-        return any(0 <= text.find(s) <= len(text) - self.margin - len(s) for s in self.stops)
+        return settled_at(self.tokenizer.decode(prefix), self.stops) is not None
 
     def __call__(self, event) -> None:
         canvas = event.canvas.tolist()
         if all(self._settled(r, ids) for r, ids in enumerate(canvas)):
             rows, committed = [], []
             for ids in canvas:
-                prefix = ids[:ids.index(self.mask_id)] if self.mask_id in ids else ids
-                rows.append(prefix[:prefix.index(self.eos_id)] if self.eos_id in prefix else prefix)
-                upto = ids[:ids.index(self.eos_id)] if self.eos_id in ids else ids
-                committed.append(sum(1 for t in upto if t != self.mask_id))
+                rows.append(final_prefix(ids, self.mask_id, self.stop_ids)[0])
+                upto = next((i for i, t in enumerate(ids) if t in self.stop_ids), len(ids))
+                committed.append(sum(1 for t in ids[:upto] if t != self.mask_id))
             raise StopDecoding(rows, event.step, committed)
 
 
@@ -135,15 +101,19 @@ class LocalSystem:
     cache: str = "none"
     batch_size: int | None = None  # None: 1 for a diffusion model on CPU (padding costs more than batching
     usage: Usage = field(default_factory=Usage)  # saves there), 8 otherwise
+    # What decodes: the same ``Backend`` the engine and the server use (``api.LM`` over model and tokenizer).
+    backend: LM | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        if self.backend is None:
+            self.backend = LM(self.model, self.tokenizer, self.name)
         if self.batch_size is None:
             on_cpu = next(self.model.parameters()).device.type == "cpu"
             self.batch_size = 1 if (on_cpu and not self.causal) else 8
 
     @property
     def causal(self) -> bool:
-        return bool(self.model.config.causal)
+        return not self.backend.is_diffusion
 
     @property
     def kind(self) -> str:
@@ -151,14 +121,14 @@ class LocalSystem:
 
     def policy(self, max_new_tokens: int, temperature: float = 0.0, seed: int | None = None) -> DecodePolicy:
         if self.causal:
-            return DecodePolicy(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+            return resolve_policy(diffusion=False, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
         return policy_from_setting(self.setting, max_new_tokens, self.block_length, self.cache, temperature, seed)
 
     def describe(self, max_new_tokens: int = 128, temperature: float = 0.0) -> str:
         return describe_policy(self.policy(max_new_tokens, temperature), self.causal)
 
     def _context(self) -> int:
-        return int(self.model.config.max_position_embeddings)
+        return self.backend.context_length
 
     def _decode_batches(self, prompt_ids: list[list[int]], policy: DecodePolicy, on_batch=None,
                         stops: tuple[str, ...] = ()) -> list[Completion]:
@@ -171,15 +141,15 @@ class LocalSystem:
             t0 = time.perf_counter()
             if policy.seed is not None:
                 policy.seed += 1
-            watcher = StopWatcher(self.tokenizer, stops, self.model.config.mask_token_id,
-                                  self.model.config.eos_token_id) if stops else None
+            backend = self.backend
+            watcher = StopWatcher(backend, stops, backend.mask_id, backend.stop_ids) if stops else None
             try:
-                result = generate(self.model, [prompt_ids[i] for i in rows], policy, on_step=watcher)
-                per_row = (result.row_forwards / len(rows)) if getattr(result, "row_forwards", 0) else result.nfe
-                ids, counts = result.ids, [len(row) for row in result.ids]
+                result = backend.generate_ids([prompt_ids[i] for i in rows], policy, on_step=watcher)
+                per_row = (result.row_forwards / len(rows)) if result.row_forwards else result.nfe
+                texts, counts = result.texts, [len(row) for row in result.ids]
             except StopDecoding as stop:
-                ids, per_row, counts = stop.ids, stop.nfe, stop.committed
-            done = [Completion(self.tokenizer.decode(row), n, per_row) for row, n in zip(ids, counts)]
+                texts, per_row, counts = [backend.decode(row) for row in stop.ids], stop.nfe, stop.committed
+            done = [Completion(text, n, per_row) for text, n in zip(texts, counts)]
             for i, c in zip(rows, done):
                 out[i] = c
             self.usage.add(done, time.perf_counter() - t0)
@@ -192,7 +162,7 @@ class LocalSystem:
                  stops: tuple[str, ...] = (), on_batch=None) -> list[Completion]:
         policy = self.policy(max_new_tokens, temperature, seed)
         budget = self._context() - max_new_tokens
-        ids = [_fit(self.tokenizer.encode(p), budget, "end") for p in prompts]
+        ids = [_fit(self.backend.encode(p), budget, "end") for p in prompts]
         done = self._decode_batches(ids, policy, on_batch, stops)
         for c in done:
             c.text = cut_at_stops(c.text, stops)
@@ -201,14 +171,13 @@ class LocalSystem:
     @torch.no_grad()
     def infill(self, pairs: list[tuple[str, str]], max_new_tokens: int, on_batch=None) -> list[Completion]:
         """Fill between each (prefix, suffix): natively for diffusion (masks between the two), through
-        the PSM fill-in-the-middle format for the AR twin and block-diffusion models."""
-        from .infill import diffusion_infill
-
-        cfg = self.model.config
-        available = self._context() - max_new_tokens - 3
-        encoded = [fit_context(self.tokenizer.encode(p), self.tokenizer.encode(s), available) for p, s in pairs]
-        if self.causal or getattr(cfg, "block_size", 0):  # block models cannot see a suffix: PSM, as trained
-            prompts = [[cfg.fim_prefix_id, *p, cfg.fim_suffix_id, *s, cfg.fim_middle_id] for p, s in encoded]
+        the PSM fill-in-the-middle format for the AR twin and block-diffusion models (which cannot see a
+        suffix after their block and were trained on that format)."""
+        backend = self.backend
+        available = self._context() - max_new_tokens - FIM_FRAME_TOKENS
+        encoded = [fit_context(backend.encode(p), backend.encode(s), available) for p, s in pairs]
+        if self.causal or self.model.config.block_size:
+            prompts = [backend.fim_prompt(p, s) for p, s in encoded]
             return self._decode_batches(prompts, self.policy(max_new_tokens), on_batch)
         import time
 
@@ -217,9 +186,8 @@ class LocalSystem:
         for start in range(0, len(encoded), self.batch_size):
             chunk = encoded[start:start + self.batch_size]
             t0 = time.perf_counter()
-            fills, forwards = diffusion_infill(self.model, [p for p, _ in chunk], [s for _, s in chunk],
-                                              max_new_tokens, policy)
-            done = [Completion(self.tokenizer.decode(ids), len(ids), f) for ids, f in zip(fills, forwards)]
+            result = backend.fill_ids([Canvas.infill(p, max_new_tokens, s) for p, s in chunk], policy)
+            done = [Completion(text, len(ids), f) for text, ids, f in zip(result.texts, result.ids, result.forwards)]
             out.extend(done)
             self.usage.add(done, time.perf_counter() - t0)
             if on_batch is not None:

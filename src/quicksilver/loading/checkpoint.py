@@ -147,6 +147,9 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cp
         tokenizer = Tokenizer.from_file(folder / "tokenizer.json")
     except TokenizerError as e:
         raise CheckpointError(str(e)) from None
+    if tokenizer.vocab_size > cfg.vocab_size:
+        raise CheckpointError(f"{cfg_file}: vocab_size {cfg.vocab_size} is smaller than the tokenizer's "
+                              f"{tokenizer.vocab_size}; the tokenizer would produce ids the model has no row for")
     state = load_state_dict(folder)
     with torch.device("meta"):
         model = Transformer(cfg)

@@ -20,9 +20,13 @@ class CheckpointError(ValueError):
 def read_weight_map(index: Path) -> dict[str, str]:
     """Tensor name -> shard file name from a safetensors index (``model.safetensors.index.json``)."""
     try:
-        weight_map = json.loads(index.read_text())["weight_map"]
+        weight_map = json.loads(index.read_bytes().decode("utf-8"))["weight_map"]
         if not isinstance(weight_map, dict):
             raise TypeError
-    except (json.JSONDecodeError, KeyError, TypeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
         raise CheckpointError(f"{index} is not a valid safetensors index") from None
+    for name, file in weight_map.items():  # a shard is a plain file name in the folder, nothing else
+        if not isinstance(file, str) or not file or "/" in file or "\\" in file or file in (".", ".."):
+            raise CheckpointError(f"{index}: the weight_map entry for '{name}' must name a file in the folder, "
+                                  f"got {json.dumps(file)[:40]}")
     return weight_map

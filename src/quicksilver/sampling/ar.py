@@ -9,8 +9,8 @@ import torch
 
 from ..model import KVCache
 from . import rules
-from .batch import cut_at_eos, left_pad
-from .diffusion import never_sample_ids, stop_tensor
+from .batch import left_pad
+from .stops import cut_at_eos, never_sample_ids, stop_tensor
 from .types import DecodePolicy, GenerationError, GenerationResult, StepEvent
 
 
@@ -42,6 +42,7 @@ def generate_ar(model, prompts: list[list[int]], policy: DecodePolicy,
     history: list[torch.Tensor] | None = [] if keep_history else None
     start_time = time.perf_counter()
     hidden = model.hidden_states(tokens, positions=positions, attention_mask=attention, cache=cache)
+    cache.attention_mask = attention  # the prompt's padding; each new token is real
     nfe = 1
     for i in range(gen_len):
         logits = rules.suppress(model.head(hidden[:, -1]).float(), banned)
@@ -65,9 +66,9 @@ def generate_ar(model, prompts: list[list[int]], policy: DecodePolicy,
                 on_step(StepEvent(nfe, 0, region, committed, cfg.mask_token_id))
         if (policy.stop_at_eos and bool(done.all())) or i == gen_len - 1:
             break
-        hidden = model.hidden_states(token[:, None], positions=next_pos[:, None],
-                                     attention_mask=torch.ones(b, 1, dtype=torch.long, device=device),
-                                     cache=cache)
+        new = torch.ones(b, 1, dtype=torch.long, device=device)
+        hidden = model.hidden_states(token[:, None], positions=next_pos[:, None], attention_mask=new, cache=cache)
+        cache.attention_mask = torch.cat([cache.attention_mask, new], dim=1)
         next_pos = next_pos + 1
         nfe += 1
     seconds = time.perf_counter() - start_time
@@ -76,6 +77,6 @@ def generate_ar(model, prompts: list[list[int]], policy: DecodePolicy,
         kept, fin = cut_at_eos(row, stops.tolist())
         ids.append([t for t in kept if t != cfg.mask_token_id])
         finished.append(fin)
-    return GenerationResult(ids=ids, texts=[], nfe=nfe, generated_tokens=sum(map(len, ids)),
+    return GenerationResult(ids=ids, nfe=nfe, generated_tokens=sum(map(len, ids)),
                             seconds=seconds, finished=finished, history=history,
                             first_token_seconds=first_token_seconds, row_forwards=nfe * b)

@@ -2,8 +2,6 @@
 row's first real token (so a padded row sees the same rotary positions as it would alone)."""
 from __future__ import annotations
 
-from collections.abc import Collection
-
 import torch
 
 from .types import GenerationError
@@ -27,13 +25,3 @@ def left_pad(prompts: list[list[int]], pad_id: int, extra: int, fill_id: int,
         canvas[row, pad:width] = torch.tensor(ids, dtype=torch.long)
     positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
     return canvas.to(device), attention.to(device), positions.to(device), width
-
-
-def cut_at_eos(row: list[int], eos_id: int | Collection[int]) -> tuple[list[int], bool]:
-    """The row up to its first stop id (end of text, or any of several: end of turn too) and whether
-    it had one."""
-    stops = {eos_id} if isinstance(eos_id, int) else set(eos_id)
-    for i, token in enumerate(row):
-        if token in stops:
-            return row[:i], True
-    return row, False

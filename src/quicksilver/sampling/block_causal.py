@@ -25,8 +25,9 @@ clean block; that output is computed by the block's first pass and kept for its 
 
 ``policy.cache = "none"`` keeps ``BlockDecoder``'s uncached passes (the whole canvas every step),
 which compute the same thing; every other cache mode is this exact cache.  ``BlockDecoder``
-(``diffusion.py``) uses this module through three hooks (block length, aligned positions, the forward
-pass); its commit rules, early stop, batching and streaming are unchanged.
+(``diffusion.py``) uses this module through three hooks (block length, aligned positions, and
+``BlockCausalForward`` in place of ``forward.BlockForward``); its commit rules, early stop, batching
+and streaming are unchanged.
 """
 from __future__ import annotations
 
@@ -45,12 +46,13 @@ def block_aligned_positions(attention: torch.Tensor, gen_start: list[int], block
     return pos + (-first) % block_size
 
 
-class BlockCausalCache:
-    """Keys/values of the finished (clean) canvas columns [0, end) of some rows, and the forward pass
-    of a block against them."""
+class BlockCausalForward:
+    """The block decoder's forward passes for a block-diffusion model (``BlockForward``'s interface):
+    keys/values of the finished, clean canvas columns [0, end) of some rows, kept across blocks."""
 
-    def __init__(self, num_layers: int) -> None:
-        self.num_layers = num_layers
+    def __init__(self, model) -> None:
+        self.model = model
+        self.shift = 1 if model.config.logits_shift else 0
         self.cache: KVCache | None = None
         self.rows: list[int] = []
         self.end = 0
@@ -58,18 +60,25 @@ class BlockCausalCache:
         self.clean_tokens_run = 0  # clean (finished) tokens encoded so far, each exactly once
 
     @classmethod
-    def for_model(cls, model, policy: DecodePolicy) -> "BlockCausalCache | None":
-        """The cache for a block-diffusion model decoded with any cache mode but "none"."""
+    def for_model(cls, model, policy: DecodePolicy) -> "BlockCausalForward | None":
+        """The exact forward of a block-diffusion model decoded with any cache mode but "none"."""
         if not getattr(model.config, "block_size", 0) or policy.cache == "none":
             return None
-        return cls(model.config.num_hidden_layers)
+        return cls(model)
 
-    def reset(self) -> None:
+    def new_block(self) -> None:  # the cache outlives blocks: finished blocks are final
+        pass
+
+    def keep_rows(self, index: torch.Tensor) -> None:  # each pass picks its rows from the cache
+        pass
+
+    def forget_prefix(self) -> None:
+        """Rows or columns moved (rows joined): the cache is rebuilt at the next block."""
         self.cache, self.rows, self.end, self.edge = None, [], 0, {}
 
     def _view(self, row_list: list[int], device) -> tuple[KVCache, int]:
         """A cache over the stored columns for ``row_list`` (extending it leaves the stored one as is)."""
-        work = KVCache(self.num_layers)
+        work = KVCache(self.model.config.num_hidden_layers)
         if self.cache is None or not set(row_list) <= set(self.rows):
             return work, 0
         same = row_list == self.rows
@@ -82,22 +91,23 @@ class BlockCausalCache:
         work.attention_mask = None if mask is None else pick(mask)
         return work, self.end
 
-    def hidden(self, model, rows: torch.Tensor, x: torch.Tensor, positions: torch.Tensor,
-               attention: torch.Tensor | None, lo: int, hi: int, shift: int) -> torch.Tensor:
-        """Hidden states (R, hi - lo, D) predicting block [lo, hi) of ``rows`` (canvas ``x``, their
-        ``positions`` and padding ``attention``); the block's first pass also caches [end, lo)."""
-        row_list = rows.tolist()
-        work, start = self._view(row_list, x.device)
-        am = None if attention is None else attention[:, start:hi]
-        hidden = model.hidden_states(x[:, start:hi], positions=positions[:, start:hi], attention_mask=am, cache=work)
+    def run(self, x: torch.Tensor, pos: torch.Tensor, am: torch.Tensor | None, rows: list[int],
+            q_lo: int, hi: int, end: int) -> torch.Tensor:
+        """Hidden states (R, hi - q_lo, D) of the queries [q_lo, hi) (``BlockForward.run``); nothing
+        after ``hi`` is run.  The block's first pass also caches the clean columns [cache end, lo)."""
+        lo = q_lo + self.shift
+        work, start = self._view(rows, x.device)
+        hidden = self.model.hidden_states(x[:, start:hi], positions=pos[:, start:hi],
+                                          attention_mask=None if am is None else am[:, start:hi], cache=work)
         if start < lo:  # the block's first pass: keep the finished, clean columns [start, lo)
             work.crop(lo)
-            self.cache, self.rows, self.end = work, row_list, lo
-            self.clean_tokens_run += (lo - start) * len(row_list)
-            if shift:
-                self.edge = {r: hidden[i, lo - 1 - start] for i, r in enumerate(row_list)}
+            work.attention_mask = None if am is None else am[:, :lo]  # the model never writes it: we keep it
+            self.cache, self.rows, self.end = work, list(rows), lo
+            self.clean_tokens_run += (lo - start) * len(rows)
+            if self.shift:
+                self.edge = {r: hidden[i, lo - 1 - start] for i, r in enumerate(rows)}
         block = hidden[:, lo - start:]
-        if shift:  # position j is predicted at j - 1; the block's first from the clean edge
-            edge = torch.stack([self.edge[r] for r in row_list])[:, None]
-            block = torch.cat([edge, block[:, :-1]], dim=1)
+        if self.shift:  # the block's first position is predicted by the clean edge before it
+            edge = torch.stack([self.edge[r] for r in rows])[:, None]
+            block = torch.cat([edge, block], dim=1)
         return block

@@ -1,35 +1,29 @@
-"""Block-wise diffusion decoding: LLaDA's reference sampler and the fast modes of Fast-dLLM.
+"""Block-wise diffusion decoding of canvases: LLaDA's reference sampler and the fast modes of Fast-dLLM.
 
-The canvas is [prompt | mask * max_new_tokens].  Blocks of ``block_length`` positions are decoded
-left to right; within a block each step runs the model, proposes a token for every masked position
-of the block, and commits some of them.  Committed tokens never change.
+A canvas (``canvas.Canvas``) is fixed tokens and masked spans: ``[prompt | mask * n]`` for a
+completion, ``[prefix | mask * n | suffix]`` for an infill, any mix for a template or an edit.  The
+masked positions are decoded in blocks of ``block_length`` columns from the first masked column, left
+to right; within a block each step runs the model, proposes a token for every masked position of the
+block, and commits some of them.  Committed tokens never change; fixed tokens on either side of the
+block are context.
 
-What a step commits is the policy's commit rule (``rules.commit_*``): the reference linear schedule
-(``steps`` forward passes in all), or a dynamic rule (threshold, factor, entropy bound) that commits
-as many positions as the model is sure of.
-
-What a step runs is the policy's cache mode:
-
-* ``none``: the whole canvas, every step (exact).
-* ``prefix``: the first step of a block runs the whole canvas and keeps the keys/values of the prompt
-  and the finished blocks; later steps of the block run only the block and everything after it,
-  attending to those cached keys/values (Fast-dLLM's prefix cache).
-* ``dual``: like ``prefix`` but the keys/values of the masked suffix after the block are kept too,
-  and later steps run only the block (Fast-dLLM's DualCache).
-
-Both caches are approximations for a bidirectional model (cached keys/values were computed before
-the block's latest commits); they are refreshed once per block.  Positions and padding masks are
-those of the full canvas, so a left-padded row computes what it would alone.
+What a step commits is the policy's commit rule (``step.choose``, over ``rules.commit_*``): the
+reference linear schedule (``steps`` forward passes in all), or a dynamic rule (threshold, factor,
+entropy bound) that commits as many positions as the model is sure of.  What a step runs is the
+policy's cache mode (``forward.BlockForward``: none, prefix, dual; full or incremental refresh).
+Which rows share the canvas, where their spans are and how they join and leave is ``rows.RowBook``.
 
 Shifted logits (``config.logits_shift``, Dream): the output at position i predicts token i + 1, so
 the prediction for canvas position j is read from position j - 1.  Every pass therefore also runs
-the position just before the block as a query (the last prompt token for the first block), and the
-caches keep context up to that position only.
+the position just before the block as a query, and the caches keep context up to that position only.
+A span at the very start of a row (an infill with an empty prefix) reads its first position's own
+output, as there is nothing before it.
 
-Stopping: with ``stop_at_eos`` a row leaves the batch after the block in which it committed end of
-text; with ``early_stop`` too, it leaves as soon as end of text is committed and every position
-before it is, so no forward pass is spent on what would be cut off.  Rows that leave the batch (or
-have finished the block while others have not) are not run at all.
+Stopping: with ``stop_at_eos`` a span that may end early ends after the block in which it committed a
+stop id; with ``early_stop`` too, as soon as the stop is committed and every position of the span
+before it is.  A row whose spans are all filled or ended leaves the batch, so no forward pass is
+spent on what would be cut off.  Rows that leave the batch (or have no masked position in the
+current block while others do) are not run at all.
 """
 from __future__ import annotations
 
@@ -40,136 +34,16 @@ from dataclasses import dataclass
 
 import torch
 
-from ..model import KVCache
 from . import rules
-from .block_causal import BlockCausalCache, block_aligned_positions
-from .batch import cut_at_eos, left_pad
+from .block_causal import BlockCausalForward, block_aligned_positions
+from .canvas import Canvas, Span, completions
+from .forward import BlockForward, ContextCache
+from .rows import RowBook
+from .step import block_plan, choose, filter_logits, fixed_counts
+from .stops import never_sample_ids, stop_tensor
 from .types import DecodePolicy, GenerationError, GenerationResult, StepEvent
 
-
-def never_sample_ids(cfg) -> list[int]:
-    ids = {cfg.mask_token_id, cfg.pad_token_id, cfg.fim_prefix_id, cfg.fim_suffix_id, cfg.fim_middle_id}
-    ids.difference_update(getattr(cfg, "stop_ids", [cfg.eos_token_id]))  # pad may equal end of text
-    return sorted(i for i in ids if 0 <= i < cfg.vocab_size)
-
-
-def stop_tensor(cfg, device) -> torch.Tensor:
-    """The ids that end a row (end of text and end of turn) as a tensor for ``torch.isin``."""
-    return torch.tensor(getattr(cfg, "stop_ids", [cfg.eos_token_id]), dtype=torch.long, device=device)
-
-
-def steps_per_block(policy: DecodePolicy, block_sizes: list[int]) -> list[int]:
-    total = sum(block_sizes)
-    steps = total if policy.steps is None else policy.steps
-    return [max(1, min(size, round(steps * size / total))) for size in block_sizes]
-
-
-class ContextCache(KVCache):
-    """Keys/values of a fixed context plus a scratch slot for the tokens being run.
-
-    The context (prompt + finished blocks; for the dual cache also the masked suffix) is laid out
-    first, in any order: attention is bidirectional and every key carries its own rotary position.
-    Each forward pass writes its tokens' keys/values into the scratch slot in place and attends over
-    context + slot; nothing of the pass is kept, so the next step starts from the same context.
-    """
-
-    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor],
-                 mask: torch.Tensor | None, slot: int) -> None:
-        super().__init__(len(keys))
-        b, h, t, d = keys[0].shape
-        self._past = t
-        self._mask = mask
-        for i, (k, v) in enumerate(zip(keys, values)):
-            kb = k.new_empty(b, h, t + slot, d)
-            vb = v.new_empty(b, h, t + slot, d)
-            kb[:, :, :t] = k
-            vb[:, :, :t] = v
-            self.keys[i], self.values[i] = kb, vb
-
-    @classmethod
-    def from_pass(cls, keys: list[torch.Tensor], values: list[torch.Tensor], mask: torch.Tensor | None,
-                  lo: int, hi: int, mode: str) -> "ContextCache":
-        """Context from the keys/values of canvas positions [0, end) (a refresh pass): positions < lo
-        (prefix), plus [hi, end) for the dual cache.  ``mask`` covers [0, end) or is None."""
-        end = keys[0].shape[2]
-        if mode == "prefix":
-            ctx_k = [k[:, :, :lo] for k in keys]
-            ctx_v = [v[:, :, :lo] for v in values]
-            ctx_mask = None if mask is None else mask[:, :lo]
-            slot = end - lo
-        else:
-            ctx_k = [torch.cat([k[:, :, :lo], k[:, :, hi:]], dim=2) for k in keys]
-            ctx_v = [torch.cat([v[:, :, :lo], v[:, :, hi:]], dim=2) for v in values]
-            ctx_mask = None if mask is None else torch.cat([mask[:, :lo], mask[:, hi:end]], dim=1)
-            slot = hi - lo
-        return cls(ctx_k, ctx_v, ctx_mask, slot)
-
-    @classmethod
-    def from_full(cls, full: KVCache, mask: torch.Tensor | None, lo: int, hi: int, mode: str) -> "ContextCache":
-        """Context from a full-canvas pass that filled ``full``."""
-        return cls.from_pass(full.keys, full.values, mask, lo, hi, mode)
-
-    def filled(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Keys/values of context + the tokens of the last pass (views, in that order)."""
-        end = self.keys[0].shape[2]
-        return [k[:, :, :end] for k in self.keys], [v[:, :, :end] for v in self.values]
-
-    @property
-    def length(self) -> int:
-        return self._past
-
-    @property
-    def attention_mask(self) -> torch.Tensor | None:  # the context's padding mask, fixed
-        return self._mask
-
-    @attention_mask.setter
-    def attention_mask(self, value) -> None:  # the model records the mask of each pass: not kept here
-        pass
-
-    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        end = self._past + k.shape[2]
-        self.keys[layer][:, :, self._past:end] = k
-        self.values[layer][:, :, self._past:end] = v
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
-
-    def crop(self, length: int) -> None:
-        raise NotImplementedError("a context cache is rebuilt, not cropped")
-
-    def select_rows(self, index: torch.Tensor) -> None:
-        """Keep only the batch rows in ``index`` (rows that left the batch are dropped)."""
-        self.keys = [k.index_select(0, index) for k in self.keys]
-        self.values = [v.index_select(0, index) for v in self.values]
-        if self._mask is not None:
-            self._mask = self._mask.index_select(0, index)
-
-
-def _commit(policy: DecodePolicy, logits: torch.Tensor, proposal: torch.Tensor, masked: torch.Tensor,
-            counts: torch.Tensor | int | None) -> torch.Tensor:
-    """Which masked positions of the block to commit.  ``logits``/``proposal`` hold only the masked
-    positions (M, V) / (M,), in ``masked`` (R, S) order; ``counts`` (R,) is the fixed rule's number per
-    row; returns an (R, S) bool mask."""
-    def spread(values: torch.Tensor, fill: float) -> torch.Tensor:
-        full = torch.full(masked.shape, fill, dtype=values.dtype, device=values.device)
-        full[masked] = values
-        return full
-
-    if policy.score_tempered and policy.temperature > 0:
-        logits = logits / policy.temperature
-
-    if policy.commit == "entropy":
-        ent = spread(rules.entropy(logits), float("inf"))
-        return rules.commit_entropy_bound(ent, masked, policy.entropy_bound)
-    kind = policy.score
-    if policy.commit == "factor" and kind == "entropy":
-        kind = "probability"  # the factor rule needs scores in [0, 1]
-    scores = spread(rules.score_positions(logits, proposal, kind), float("-inf"))
-    if policy.commit == "fixed":
-        if not isinstance(counts, torch.Tensor):  # one count for every row
-            counts = torch.full((masked.shape[0],), int(counts), dtype=torch.long, device=masked.device)
-        return rules.commit_top(scores, masked, counts)
-    if policy.commit == "threshold":
-        return rules.commit_threshold(scores, masked, policy.threshold)
-    return rules.commit_factor(scores, masked, policy.factor)
+steps_per_block = block_plan  # the older name
 
 
 @dataclass
@@ -185,31 +59,25 @@ class StepReport:
 
 
 class BlockDecoder:
-    """Resumable block-wise diffusion decoding of a changing set of rows that share one policy.
+    """Resumable block-wise diffusion decoding of a changing set of canvas rows that share one policy.
 
-    All rows share one canvas (B, T).  Row r holds [pad … | prompt | mask × its budget | pad …]; its
-    generated region starts at column ``gen_start[r]``.  Blocks are decoded in lockstep: the active
-    block of every row sits at the same columns [lo, hi), so one forward pass serves them all.  Rows
-    join (``admit``) only between blocks: a joining row is left-padded so that its first block starts
-    at ``lo`` (the canvas is shifted right when its prompt is longer than ``lo``, and widened on the
-    right for its budget); positions count from each row's first real token and padding keys are
-    masked, so a row computes what it would alone.  ``step()`` runs one forward pass of the current
-    block; a row leaves at the step in which it finishes (end of text, early stop, budget used) or is
-    cancelled.  Rows whose slots were released are dropped, and the all-padding columns on the left
-    trimmed, when new rows join.
+    Blocks are decoded in lockstep: the active block of every row sits at the same columns [lo, hi),
+    so one forward pass serves them all.  Rows join (``admit`` a list of prompts, ``admit_canvases``
+    any canvases) only between blocks, laid out so that their first masked column is ``lo``
+    (``rows.RowBook``); ``step()`` runs one forward pass of the current block; a row leaves at the
+    step in which it finishes (its spans filled or ended by a stop id) or is cancelled.
 
-    ``generate_diffusion`` drives one over a fixed batch, which is the reference sampler unchanged.
+    ``fill`` and ``generate_diffusion`` drive one over a fixed batch; the engine drives one per cohort.
     """
 
     def __init__(self, model, policy: DecodePolicy) -> None:
         policy.validate()
-        # Block-diffusion models decode their own blocks with an exact cache (block_causal.py).
-        self.exact = BlockCausalCache.for_model(model, policy)
-        if self.exact is not None or getattr(model.config, "block_size", 0):
+        # Block-diffusion models decode their own blocks, with an exact cache (block_causal.py).
+        exact = BlockCausalForward.for_model(model, policy)
+        if getattr(model.config, "block_size", 0):
             policy = dataclasses.replace(policy, block_length=model.config.block_size)
         self.model, self.policy = model, policy
-        cfg = model.config
-        self.cfg = cfg
+        cfg = self.cfg = model.config
         self.device = next(model.parameters()).device
         self.generator = None
         if policy.temperature > 0:
@@ -218,49 +86,43 @@ class BlockDecoder:
         self.banned = never_sample_ids(cfg)
         self.mask_id, self.eos_id = cfg.mask_token_id, cfg.eos_token_id
         self.stops = stop_tensor(cfg, self.device)  # end of text and end of turn
-        self.shift = 1 if getattr(cfg, "logits_shift", False) else 0  # prompts are never empty: lo - 1 >= 0
-        self.canvas: torch.Tensor | None = None
-        self.attention = self.positions = None
-        self.alive = torch.zeros(0, dtype=torch.bool, device=self.device)
-        self.gen_start: list[int] = []
-        self.gen_len: list[int] = []
-        self.plans: list[list[int]] = []  # per row: steps of each of its blocks
-        self.handles: list[int] = []  # row -> handle
-        self.row_of: dict[int, int] = {}
-        self.released: set[int] = set()
-        self.eos: dict[int, bool] = {}  # handle -> ended with end of text (after it finished)
-        self.row_forward_counts: list[int] = []
-        self._next_handle = 0
-        self.lo = 0  # first column of the current (or next) block
-        self.hi = 0
+        self.shift = 1 if cfg.logits_shift else 0
+        self.book = RowBook(self.device, cfg.pad_token_id, self.mask_id, list(cfg.stop_ids), cfg.vocab_size,
+                            min_lo=self.shift)
+        self.forward = exact or BlockForward(model, policy.cache, policy.refresh)
         self.padded = False
         self.rows: torch.Tensor | None = None  # rows of the block being decoded; None between blocks
-        self.context: ContextCache | None = None
-        self.prefix = None  # incremental refresh: keys/values and mask of [0, prefix_end) for prefix_rows
-        self.prefix_rows = self.prefix_end = None
+        self.hi = 0
         self.step_in_block = 0
-        self.counts: torch.Tensor | None = None  # fixed rule: (B, max steps) tokens per step of the block
+        self.counts: torch.Tensor | None = None  # fixed rule: (R, max steps) tokens per step of the block
         self.block_steps: list[int] = []  # per row of the block: its steps (Dream's schedule needs them)
         self.nfe = 0
         self.row_forwards = 0
 
     # -- rows ----------------------------------------------------------------------------------------
     @property
+    def canvas(self) -> torch.Tensor | None:
+        return self.book.canvas
+
+    @property
+    def lo(self) -> int:
+        """First column of the current (or next) block."""
+        return self.book.lo
+
+    @property
     def at_boundary(self) -> bool:
         """Rows may join: between blocks, or when every row has left (mid-block, by cancellation)."""
-        return self.rows is None or not bool(self.alive.any())
+        return self.rows is None or not bool(self.book.alive.any())
 
     @property
     def active(self) -> int:
-        return int(self.alive.sum())
+        return int(self.book.alive.sum())
 
     def has(self, handle: int) -> bool:
-        return handle in self.row_of and handle not in self.released
+        return handle in self.book.row_of and handle not in self.book.released
 
     def admit(self, prompts: list[list[int]], max_new_tokens: int) -> list[int]:
-        """Add rows (only between blocks); returns their handles."""
-        if not self.at_boundary:
-            raise RuntimeError("rows join a BlockDecoder only between blocks")
+        """Add completion rows ``[prompt | mask * max_new_tokens]`` (only between blocks); returns handles."""
         if not prompts:
             raise GenerationError("no prompt given")
         if any(len(p) == 0 for p in prompts):
@@ -272,302 +134,253 @@ class BlockDecoder:
         if width + max_new_tokens > limit:
             raise GenerationError(f"prompt ({width} tokens) plus max_new_tokens ({max_new_tokens}) exceeds the "
                                   f"model's context of {limit} tokens")
-        if self.canvas is None or not bool(self.alive.any()):
-            self._reset()
-            canvas, attention, positions, width = left_pad(prompts, self.cfg.pad_token_id, max_new_tokens,
-                                                           self.mask_id, self.device)
-            self.canvas, self.attention, self.positions = canvas, attention, positions
-            self.lo = width
-            start = 0
-        else:
-            self._compact()
-            need = max(len(p) for p in prompts)
-            if need > self.lo:  # shift the canvas right so that the new prompts end at lo
-                self._pad_columns(left=need - self.lo)
-            total = self.lo + max_new_tokens
-            if total > self.canvas.shape[1]:
-                self._pad_columns(right=total - self.canvas.shape[1])
-            b, t = len(prompts), self.canvas.shape[1]
-            canvas = torch.full((b, t), self.cfg.pad_token_id, dtype=torch.long)
-            attention = torch.zeros((b, t), dtype=torch.long)
-            for row, ids in enumerate(prompts):
-                canvas[row, self.lo - len(ids):self.lo] = torch.tensor(ids, dtype=torch.long)
-                canvas[row, self.lo:self.lo + max_new_tokens] = self.mask_id
-                attention[row, self.lo - len(ids):self.lo + max_new_tokens] = 1
-            start = self.canvas.shape[0]
-            self.canvas = torch.cat([self.canvas, canvas.to(self.device)])
-            self.attention = torch.cat([self.attention, attention.to(self.device)])
-            self.positions = (self.attention.cumsum(dim=1) - 1).clamp(min=0)
-            self.prefix = None  # the cached prefix does not cover the new rows: refresh in full
-        handles = []
-        for _ in prompts:
-            handle = self._next_handle
-            self._next_handle += 1
-            self.row_of[handle] = start + len(handles)
-            handles.append(handle)
-            self.handles.append(handle)
-            self.gen_start.append(self.lo)
-            self.gen_len.append(max_new_tokens)
-            sizes = [min(self.policy.block_length, max_new_tokens - s)
-                     for s in range(0, max_new_tokens, self.policy.block_length)]
-            self.plans.append(steps_per_block(self.policy, sizes))
-            self.row_forward_counts.append(0)
-        self.alive = torch.cat([self.alive, torch.ones(len(prompts), dtype=torch.bool, device=self.device)])
-        self.padded = not bool(self.attention.all())
+        return self.admit_canvases(completions(prompts, max_new_tokens))
+
+    def admit_canvases(self, canvases: list[Canvas]) -> list[int]:
+        """Add one row per canvas (only between blocks); returns their handles."""
+        if not self.at_boundary:
+            raise RuntimeError("rows join a BlockDecoder only between blocks")
+        if not canvases:
+            raise GenerationError("no prompt given")
+        for c in canvases:
+            c.check_fits(self.cfg.max_position_embeddings)
+            if self.policy.window is not None and not isinstance(c.parts[-1], Span):
+                raise GenerationError("window needs a canvas that ends with its masked span (no suffix)")
+        if self.rows is not None:  # every row left mid-block: that block is over, the canvas starts afresh
+            self.rows, self.counts = None, None
+            self.forward.new_block()
+        handles = self.book.admit(canvases, self.policy.block_length, lambda sizes: block_plan(self.policy, sizes))
+        self.forward.forget_prefix()  # the kept prefix does not cover the new rows: refresh in full
         if getattr(self.cfg, "block_size", 0):  # blocks fall where training put them
-            self.positions = block_aligned_positions(self.attention, self.gen_start, self.cfg.block_size)
-            if self.exact is not None:
-                self.exact.reset()  # rows and columns may have moved: rebuilt at the next block
+            self.book.positions = block_aligned_positions(self.book.attention, self.book.gen_start,
+                                                          self.cfg.block_size)
+        self.padded = not bool(self.book.attention.all())
         return handles
 
     def cancel(self, handle: int) -> None:
         """The row leaves the batch at the next step (its result stays readable until released)."""
-        if handle in self.row_of:
-            self.alive[self.row_of[handle]] = False
+        if handle in self.book.row_of:
+            self.book.alive[self.book.row_of[handle]] = False
 
     def release(self, handle: int) -> None:
         """Forget a finished or cancelled row; its canvas row is dropped when new rows join."""
-        self.cancel(handle)
-        self.released.add(handle)
+        self.book.release(handle)
 
     def region(self, handle: int) -> list[int]:
-        """The row's generated region: token ids, the mask id where not yet committed."""
-        r = self.row_of[handle]
-        return self.canvas[r, self.gen_start[r]:self.gen_start[r] + self.gen_len[r]].tolist()
+        """The row's span positions: token ids, the mask id where not yet committed."""
+        return self.book.region(handle)
 
     def result(self, handle: int) -> tuple[list[int], bool]:
-        """The row's generated ids up to end of text, and whether it ended with end of text."""
-        kept, done = cut_at_eos(self.region(handle), self.stops.tolist())
-        return [t for t in kept if t != self.mask_id], done  # masks only past an early stop
+        """The row's generated ids (each span up to its stop id), and whether it ended with a stop id."""
+        return self.book.result(handle)
+
+    def span_ids(self, handle: int) -> list[tuple[list[int], bool]]:
+        return self.book.span_ids(handle)
 
     def forwards(self, handle: int) -> int:
-        return self.row_forward_counts[self.row_of[handle]]
+        return self.book.forward_counts[self.book.row_of[handle]]
 
     def block(self, handle: int) -> int:
-        r = self.row_of[handle]
-        return max(0, min(self.lo - self.gen_start[r], self.gen_len[r] - 1)) // self.policy.block_length
+        b = self.book
+        r = b.row_of[handle]
+        return max(0, min(b.lo - b.gen_start[r], b.gen_end[r] - b.gen_start[r] - 1)) // self.policy.block_length
 
-    def _reset(self) -> None:
-        self.canvas = None
-        self.alive = torch.zeros(0, dtype=torch.bool, device=self.device)
-        self.gen_start, self.gen_len, self.plans, self.handles, self.row_forward_counts = [], [], [], [], []
-        self.row_of = {}
-        self.released = set()
-        self.prefix = None
-        self.rows = self.context = self.counts = None
-
-    def _pad_columns(self, left: int = 0, right: int = 0) -> None:
-        b = self.canvas.shape[0]
-        pads = [torch.full((b, n), self.cfg.pad_token_id, dtype=torch.long, device=self.device) for n in (left, right)]
-        zeros = [torch.zeros((b, n), dtype=torch.long, device=self.device) for n in (left, right)]
-        self.canvas = torch.cat([pads[0], self.canvas, pads[1]], dim=1)
-        self.attention = torch.cat([zeros[0], self.attention, zeros[1]], dim=1)
-        self.positions = (self.attention.cumsum(dim=1) - 1).clamp(min=0)
-        self.lo += left
-        self.gen_start = [g + left for g in self.gen_start]
-
-    def _compact(self) -> None:
-        """Drop released rows and the columns that are padding in every row left."""
-        keep = [r for r, h in enumerate(self.handles) if h not in self.released]
-        if len(keep) < len(self.handles):
-            index = torch.tensor(keep, dtype=torch.long, device=self.device)
-            self.canvas, self.attention = self.canvas[index], self.attention[index]
-            self.alive = self.alive[index]
-            for name in ("gen_start", "gen_len", "plans", "handles", "row_forward_counts"):
-                values = getattr(self, name)
-                setattr(self, name, [values[r] for r in keep])
-            self.row_of = {h: r for r, h in enumerate(self.handles)}
-            self.released = set()
-        first = int(self.attention.argmax(dim=1).min())  # every row has real tokens
-        last = max(g + n for g, n in zip(self.gen_start, self.gen_len))
-        cut = min(first, self.lo)
-        self.canvas = self.canvas[:, cut:last]
-        self.attention = self.attention[:, cut:last]
-        self.positions = (self.attention.cumsum(dim=1) - 1).clamp(min=0)
-        self.lo -= cut
-        self.gen_start = [g - cut for g in self.gen_start]
-        self.prefix = None
-
-    # -- decoding ------------------------------------------------------------------------------------
+    # -- blocks --------------------------------------------------------------------------------------
     def _start_block(self) -> list[int]:
-        """Pick the rows whose next block starts at ``lo``; returns handles of rows that are done."""
+        """Pick the rows with masked positions in the block at ``lo`` (skipping blocks that no row has
+        masks in); returns handles of rows that are done."""
+        book, bl = self.book, self.policy.block_length
         finished = []
-        lo, bl = self.lo, self.policy.block_length
-        sizes = []
-        rows = []
-        for r in self.alive.nonzero().squeeze(1).tolist():
-            remaining = self.gen_start[r] + self.gen_len[r] - lo
-            if remaining <= 0:  # budget used: the row is done
-                self.alive[r] = False
-                finished.append(self.handles[r])
-                continue
-            rows.append(r)
-            sizes.append(min(bl, remaining))
-        if not rows:
-            return finished
+        while True:
+            alive = book.alive.nonzero().squeeze(1)
+            if alive.numel() == 0:
+                return finished
+            lo = book.lo
+            masks = book.canvas[alive, lo:] == self.mask_id
+            window = masks[:, :bl]
+            width = window.shape[1]
+            last = torch.where(window, torch.arange(1, width + 1, device=self.device), 0).amax(1) if width else \
+                torch.zeros(alive.numel(), dtype=torch.long, device=self.device)
+            any_left = masks.any(1)
+            rows, sizes, ends = [], [], []
+            for r, left, count, end in zip(alive.tolist(), any_left.tolist(), window.sum(1).tolist(), last.tolist()):
+                if not left:  # nothing left to decode: the row is done
+                    book.alive[r] = False
+                    finished.append(book.handles[r])
+                elif count:
+                    rows.append(r)
+                    sizes.append(count)
+                    ends.append(end)
+            if rows:
+                break
+            if bool(book.alive.any()):
+                book.lo = lo + bl  # no row has a masked position in this block: the next one
         self.rows = torch.tensor(rows, dtype=torch.long, device=self.device)
-        self.hi = lo + max(sizes)
-        self.context = None
+        self.hi = lo + max(ends)
+        self.forward.new_block()
         self.step_in_block = 0
         self.counts = None
-        self.block_steps = [self.plans[r][(lo - self.gen_start[r]) // bl] for r in rows]
+        self.block_steps = [book.plans[r][(lo - book.gen_start[r]) // bl] for r in rows]
         if self.policy.commit == "fixed":
-            schedules = []
-            for r, size in zip(rows, sizes):
-                index = (lo - self.gen_start[r]) // bl
-                schedules.append(rules.transfer_counts(size, self.plans[r][index]))
+            schedules = [rules.transfer_counts(size, n) for size, n in zip(sizes, self.block_steps)]
             longest = max(len(s) for s in schedules)
             self.counts = torch.tensor([s + [s[-1]] * (longest - len(s)) for s in schedules], dtype=torch.long,
                                        device=self.device)
         return finished
 
     def _end_block(self) -> list[int]:
-        """After the block's last step: rows that committed end of text (or used their budget) finish."""
-        finished = []
-        lo, hi = self.lo, self.hi
-        was = self.alive.clone()
+        """After the block's last step: spans that committed a stop id end; rows with nothing left finish."""
+        book = self.book
+        was = book.alive.nonzero().squeeze(1).tolist()
         if self.policy.stop_at_eos:
-            cols = torch.arange(hi, device=self.device)[None, :]
-            start = torch.tensor(self.gen_start, device=self.device)[:, None]
-            in_region = cols >= start
-            self.alive &= ~(torch.isin(self.canvas[:, :hi], self.stops) & in_region).any(dim=1)
-        nxt = lo + self.policy.block_length
-        for r in was.nonzero().squeeze(1).tolist():
-            if self.alive[r] and self.gen_start[r] + self.gen_len[r] <= nxt:
-                self.alive[r] = False
-            if not self.alive[r]:
-                finished.append(self.handles[r])
-        self.lo = nxt
+            for r in book.end_spans(was, self.hi, early=False):
+                book.alive[r] = False
+        nxt = book.lo + self.policy.block_length
+        if was:
+            index = torch.tensor(was, dtype=torch.long, device=self.device)
+            left = (book.canvas[index, nxt:] == self.mask_id).any(1).tolist()
+            for r, more in zip(was, left):
+                if not more:
+                    book.alive[r] = False
+        finished = [book.handles[r] for r in was if not bool(book.alive[r])]
+        book.lo = nxt
         self.rows = None
-        self.context = None
+        self.forward.new_block()
         return finished
 
-    def _block_hidden(self, rows: torch.Tensor, x: torch.Tensor, lo: int, hi: int, end: int) -> torch.Tensor:
-        """Hidden states (R, hi - lo, D) that predict the block's positions, from one forward pass of
-        the policy's cache mode, or from the exact cache of a block-diffusion model."""
-        if self.exact is not None:
-            return self.exact.hidden(self.model, rows, x, self.positions[rows],
-                                     self.attention[rows] if self.padded else None, lo, hi, self.shift)
-        model, cfg, policy = self.model, self.cfg, self.policy
-        size = hi - lo
-        q_lo = lo - self.shift
-        pos = self.positions[rows]
-        am = self.attention[rows, :end] if self.padded else None
-        context = self.context
-        if context is None and policy.cache != "none" and self.prefix is not None:
-            # Incremental refresh: the finished block, this block and the suffix against the prefix.
-            prefix, prefix_end = self.prefix, self.prefix_end
-            index = self.alive[self.prefix_rows].nonzero().squeeze(1)
-            p_keys = [k.index_select(0, index) for k in prefix[0]]
-            p_values = [v.index_select(0, index) for v in prefix[1]]
-            p_mask = None if prefix[2] is None else prefix[2].index_select(0, index)
-            scratch = ContextCache(p_keys, p_values, p_mask, end - prefix_end)
-            hidden = model.hidden_states(x[:, prefix_end:end], positions=pos[:, prefix_end:end],
-                                         cache=scratch)[:, q_lo - prefix_end:q_lo - prefix_end + size]
-            keys, values = scratch.filled()
-        elif context is None:  # a full pass: every step without a cache, the first of a block with one
-            full = KVCache(cfg.num_hidden_layers) if policy.cache != "none" else None
-            hidden = model.hidden_states(x[:, :end], positions=pos[:, :end], attention_mask=am,
-                                         cache=full)[:, q_lo:q_lo + size]
-            if full is not None:
-                keys, values = full.keys, full.values
-        else:
-            q_hi = end if policy.cache == "prefix" else hi
-            hidden = model.hidden_states(x[:, q_lo:q_hi], positions=pos[:, q_lo:q_hi], cache=context)[:, :size]
-        if context is None and policy.cache != "none":
-            self.context = ContextCache.from_pass(keys, values, am, q_lo, hi, policy.cache)
-            if policy.refresh == "incremental":
-                self.prefix = ([k[:, :, :q_lo] for k in keys], [v[:, :, :q_lo] for v in values],
-                               None if am is None else am[:, :q_lo])
-                self.prefix_rows, self.prefix_end = rows, q_lo
-        return hidden
+    def _keep(self, keep: torch.Tensor) -> None:
+        """Only the rows of the block where ``keep`` (over ``self.rows``) stay in it."""
+        if bool(keep.all()):
+            return
+        index = keep.nonzero().squeeze(1)
+        self.rows = self.rows[index]
+        self.forward.keep_rows(index)
+        if self.counts is not None:
+            self.counts = self.counts[index]
+        self.block_steps = [self.block_steps[i] for i in index.tolist()]
 
+    # -- one step ------------------------------------------------------------------------------------
     @torch.no_grad()
     def step(self) -> StepReport:
         """One forward pass over the active rows of the current block (starting it when between blocks)."""
-        policy, model, cfg, device = self.policy, self.model, self.cfg, self.device
+        book, policy = self.book, self.policy
         finished: list[int] = []
         if self.rows is None:
             finished += self._start_block()
             if self.rows is None:
-                return StepReport(False, [], torch.zeros(0, dtype=torch.long), None, self.lo, self.lo, finished)
+                return StepReport(False, [], torch.zeros(0, dtype=torch.long), None, book.lo, book.lo, finished)
+        self._keep(book.alive[self.rows])  # rows cancelled since the last step leave
+        if self.rows.numel() == 0:
+            finished += self._end_block()
+            return StepReport(False, [], self.rows if self.rows is not None else torch.zeros(0, dtype=torch.long),
+                              None, book.lo, book.lo, finished)
         rows = self.rows
-        if not bool(self.alive[rows].all()):  # cancelled since the last step
-            index = self.alive[rows].nonzero().squeeze(1)
-            rows = self.rows = rows[index]
-            if self.context is not None and rows.numel():
-                self.context.select_rows(index)
-            if self.counts is not None:
-                self.counts = self.counts[index]
-            self.block_steps = [self.block_steps[i] for i in index.tolist()]
-            if rows.numel() == 0:
-                finished += self._end_block()
-                return StepReport(False, [], rows, None, self.lo, self.lo, finished)
-        lo, hi = self.lo, self.hi
-        total = self.canvas.shape[1]
-        end = total if policy.window is None else min(total, hi + policy.window)
-        x = self.canvas[rows]
-        hidden = self._block_hidden(rows, x, lo, hi, end)
-        self.nfe += 1
-        self.row_forwards += rows.numel()
-        for r in rows.tolist():
-            self.row_forward_counts[r] += 1
-        block_tokens = x[:, lo:hi]
-        masked = block_tokens == self.mask_id
-        logits = rules.suppress(model.head(hidden[masked]).float(), self.banned)
-        if policy.top_k:
-            logits = rules.top_k_filter(logits, policy.top_k)
-        if policy.top_p < 1:
-            logits = rules.top_p_filter(logits, policy.top_p)
-        proposal = rules.sample_tokens(logits, policy.temperature, self.generator)
-        counts = None
-        if policy.commit == "fixed" and policy.schedule == "dream":
-            counts = torch.cat([rules.dream_transfer_counts(masked[i:i + 1].sum(1), self.step_in_block, n)
-                                for i, n in enumerate(self.block_steps)]).to(device)
-        elif self.counts is not None:
-            counts = self.counts[:, min(self.step_in_block, self.counts.shape[1] - 1)]
-        chosen = _commit(policy, logits, proposal, masked, counts)
-        proposed = block_tokens.clone()
-        proposed[masked] = proposal
-        self.canvas[rows, lo:hi] = torch.where(chosen, proposed, block_tokens)
+        lo, hi = book.lo, self.hi
+        x = book.canvas[rows]
+        chosen = self._commit_step(rows, x, lo, hi)
         self.step_in_block += 1
-        ran = [self.handles[r] for r in rows.tolist()]
+        row_list = rows.tolist()
+        ran = [book.handles[r] for r in row_list]
         if policy.stop_at_eos and policy.early_stop:
-            start = min(self.gen_start[r] for r in rows.tolist())
-            region = self.canvas[rows, start:hi]
-            cols = torch.arange(start, hi, device=device)[None, :]
-            in_region = cols >= torch.tensor([self.gen_start[r] for r in rows.tolist()], device=device)[:, None]
-            is_eos = torch.isin(region, self.stops) & in_region
-            first_eos = torch.where(is_eos.any(1), is_eos.int().argmax(1), torch.full_like(rows, hi - start))
-            before = (torch.arange(hi - start, device=device)[None, :] < first_eos[:, None]) & in_region
-            done = is_eos.any(1) & ~((region == self.mask_id) & before).any(1)
-            for r in rows[done].tolist():
-                self.alive[r] = False
-                finished.append(self.handles[r])
-        keep = self.alive[rows] & (self.canvas[rows, lo:hi] == self.mask_id).any(1)
-        if not bool(keep.all()):
-            index = keep.nonzero().squeeze(1)
-            self.rows = rows[index]
-            if self.context is not None and self.rows.numel():
-                self.context.select_rows(index)
-            if self.counts is not None:
-                self.counts = self.counts[index]
-            self.block_steps = [self.block_steps[i] for i in index.tolist()]
+            for r in book.end_spans(row_list, hi, early=True):
+                book.alive[r] = False
+                finished.append(book.handles[r])
+        self._keep(book.alive[rows] & (book.canvas[rows, lo:hi] == self.mask_id).any(1))
         if self.rows.numel() == 0:
             finished += self._end_block()
         return StepReport(True, ran, rows, chosen, lo, hi, finished)
+
+    def _commit_step(self, rows: torch.Tensor, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        """Run the model on the block, propose tokens for its masked positions, commit some; returns
+        the (R, hi - lo) positions committed."""
+        book, policy = self.book, self.policy
+        size = hi - lo
+        q_lo = lo - self.shift  # the first query whose output is read (the block's first prediction)
+        total = x.shape[1]
+        end = total if policy.window is None else min(total, hi + policy.window)
+        am = book.attention[rows, :end] if self.padded else None
+        hidden = self.forward.run(x, book.positions[rows], am, rows.tolist(), q_lo, hi, end)
+        if self.shift:
+            # A row whose span starts its canvas (nothing real before lo) reads its own first output.
+            own = book.attention[rows, q_lo] == 0
+            block_hidden = hidden[:, :size]
+            if bool(own.any()):
+                block_hidden = block_hidden.clone()
+                block_hidden[own, 0] = hidden[own, 1]
+        else:
+            block_hidden = hidden
+        self.nfe += 1
+        self.row_forwards += rows.numel()
+        for r in rows.tolist():
+            book.forward_counts[r] += 1
+        block_tokens = x[:, lo:hi]
+        masked = block_tokens == self.mask_id
+        logits = filter_logits(policy, self.model.head(block_hidden[masked]).float(), self.banned,
+                               self._permit(rows, lo, hi, masked))
+        proposal = rules.sample_tokens(logits, policy.temperature, self.generator)
+        counts = fixed_counts(policy, masked, self.step_in_block, self.block_steps, self.counts)
+        chosen = choose(policy, logits, proposal, masked, counts)
+        proposed = block_tokens.clone()
+        proposed[masked] = proposal
+        book.canvas[rows, lo:hi] = torch.where(chosen, proposed, block_tokens)
+        return chosen
+
+    def _permit(self, rows: torch.Tensor, lo: int, hi: int, masked: torch.Tensor) -> torch.Tensor | None:
+        """(M, V) bool: the tokens each masked position's span allows; None when no span restricts."""
+        if not self.book.rules:
+            return None
+        rule = self.book.rule[rows, lo:hi][masked]
+        restricted = rule >= 0
+        if not bool(restricted.any()):
+            return None
+        table = torch.stack(self.book.rules)
+        permit = torch.ones(rule.shape[0], table.shape[1], dtype=torch.bool, device=self.device)
+        permit[restricted] = table[rule[restricted]]
+        return permit
+
+
+@torch.no_grad()
+def fill(model, canvases: list[Canvas], policy: DecodePolicy, on_step: Callable[[StepEvent], None] | None = None,
+         keep_history: bool = False) -> GenerationResult:
+    """Fill a fixed batch of canvases: a ``BlockDecoder`` admits every row at once and steps until
+    all are done.  ``StepEvent.canvas`` holds each row's span positions (right-padded with the pad id
+    when rows differ); ``result.spans`` each row's spans."""
+    decoder = BlockDecoder(model, policy)
+    handles = decoder.admit_canvases(canvases)
+    return _drive(decoder, handles, on_step, keep_history)
 
 
 @torch.no_grad()
 def generate_diffusion(model, prompts: list[list[int]], policy: DecodePolicy,
                        on_step: Callable[[StepEvent], None] | None = None,
                        keep_history: bool = False) -> GenerationResult:
-    """Decode a fixed batch: a ``BlockDecoder`` admits every row at once and steps until all are done."""
+    """Complete ``prompts``: ``fill`` of completion canvases ``[prompt | mask * max_new_tokens]``."""
     decoder = BlockDecoder(model, policy)
-    gen_len = policy.max_new_tokens
-    decoder.admit(prompts, gen_len)
-    width = decoder.lo
-    mask_id = decoder.mask_id
+    handles = decoder.admit(prompts, policy.max_new_tokens)
+    return _drive(decoder, handles, on_step, keep_history)
+
+
+def _region_index(decoder: BlockDecoder, handles: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Canvas columns of each row's span positions (B, G), and which entries are real (B, G)."""
+    book = decoder.book
+    columns = []
+    for h in handles:
+        r = book.row_of[h]
+        cols: list[int] = []
+        for sid in book.row_spans[r]:
+            s = book.spans[sid]
+            cols += range(s.start, s.start + s.length)
+        columns.append(cols)
+    width = max(map(len, columns))
+    index = torch.tensor([c + [0] * (width - len(c)) for c in columns], dtype=torch.long, device=decoder.device)
+    valid = torch.tensor([[True] * len(c) + [False] * (width - len(c)) for c in columns], device=decoder.device)
+    return index, valid
+
+
+def _drive(decoder: BlockDecoder, handles: list[int], on_step, keep_history: bool) -> GenerationResult:
+    book = decoder.book
+    index, valid = _region_index(decoder, handles)  # the columns stay put: no row joins later
+    mask_id, pad_id = decoder.mask_id, decoder.cfg.pad_token_id
     history: list[torch.Tensor] | None = [] if keep_history else None
     first_token_seconds = None
     start_time = time.perf_counter()
@@ -579,27 +392,29 @@ def generate_diffusion(model, prompts: list[list[int]], policy: DecodePolicy,
             continue
         if starting:
             block += 1
-        canvas = decoder.canvas
-        if first_token_seconds is None and bool((canvas[:, width] != mask_id).all()):
+        region = book.canvas.gather(1, index).masked_fill(~valid, pad_id)
+        if first_token_seconds is None and bool((region[:, 0] != mask_id).all()):
             first_token_seconds = time.perf_counter() - start_time
         if on_step is not None or history is not None:
-            region = canvas[:, width:].clone()
             if history is not None:
                 history.append(region)
             if on_step is not None:
-                committed = torch.zeros_like(region, dtype=torch.bool)
-                committed[report.rows, report.lo - width:report.hi - width] = report.chosen
+                committed = torch.zeros_like(book.canvas, dtype=torch.bool)
+                committed[report.rows, report.lo:report.hi] = report.chosen
+                committed = committed.gather(1, index) & valid
                 on_step(StepEvent(decoder.nfe, block, region, committed, mask_id))
     seconds = time.perf_counter() - start_time
-    ids, finished = [], []
-    for handle in range(len(prompts)):
+    ids, finished, spans = [], [], []
+    for handle in handles:
         kept, done = decoder.result(handle)
         ids.append(kept)
         finished.append(done)
-    return GenerationResult(ids=ids, texts=[], nfe=decoder.nfe, generated_tokens=sum(map(len, ids)),
-                            seconds=seconds, finished=finished, history=history,
-                            first_token_seconds=first_token_seconds, row_forwards=decoder.row_forwards)
+        spans.append([s for s, _ in decoder.span_ids(handle)])
+    return GenerationResult(ids=ids, nfe=decoder.nfe, generated_tokens=sum(map(len, ids)), seconds=seconds,
+                            finished=finished, history=history, first_token_seconds=first_token_seconds,
+                            row_forwards=decoder.row_forwards, forwards=[decoder.forwards(h) for h in handles],
+                            spans=spans)
 
 
-__all__ = ["generate_diffusion", "BlockDecoder", "StepReport", "steps_per_block", "never_sample_ids", "stop_tensor",
-           "ContextCache"]
+__all__ = ["fill", "generate_diffusion", "BlockDecoder", "StepReport", "steps_per_block", "never_sample_ids",
+           "stop_tensor", "ContextCache"]

@@ -1,16 +1,24 @@
 """What a caller asks of a decoder (``DecodePolicy``) and what it gets back."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields
+from typing import Literal, get_args
 
 import torch
 
-
-COMMIT_RULES = ("fixed", "threshold", "factor", "entropy")
-SCORES = ("probability", "margin", "entropy")
-SCHEDULES = ("linear", "dream")
-CACHE_MODES = ("none", "prefix", "dual")
-REFRESH_MODES = ("full", "incremental")
+# The enumerated fields of ``DecodePolicy``: the Literal types are what the server's request schema
+# and the CLI are generated from; the tuples are what ``validate`` checks.
+Commit = Literal["fixed", "threshold", "factor", "entropy"]
+Score = Literal["probability", "margin", "entropy"]
+Schedule = Literal["linear", "dream"]
+CacheMode = Literal["none", "prefix", "dual"]
+Refresh = Literal["full", "incremental"]
+COMMIT_RULES: tuple[str, ...] = get_args(Commit)
+SCORES: tuple[str, ...] = get_args(Score)
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
+CACHE_MODES: tuple[str, ...] = get_args(CacheMode)
+REFRESH_MODES: tuple[str, ...] = get_args(Refresh)
 
 
 class GenerationError(ValueError):
@@ -34,12 +42,12 @@ class DecodePolicy:
     #   "factor": Fast-dLLM's factor rule, the longest run of ranks k with (k + 1)(1 - p_k) <= ``factor``;
     #   "entropy": lowest-entropy positions while their summed entropy stays <= ``entropy_bound``.
     # The rules other than "fixed" always commit at least one position and ignore ``steps``.
-    commit: str = "fixed"
-    score: str = "probability"  # ranks positions: "probability" | "margin" (top-1 - top-2) | "entropy" (negative)
+    commit: Commit = "fixed"
+    score: Score = "probability"  # ranks positions: "probability" | "margin" (top-1 - top-2) | "entropy" (negative)
     # How the "fixed" rule shares a block's positions out over its steps: "linear" (LLaDA: equal
     # shares, decided up front) or "dream" (Dream's time grid: floor(masked * (1 - s/t)) per step with
     # t, s consecutive points of linspace(1, 1e-3, steps + 1), everything left on the last step).
-    schedule: str = "linear"
+    schedule: Schedule = "linear"
     # Score on the tempered distribution, softmax(logits / temperature) (Dream), instead of the
     # untempered one (LLaDA).  No effect at temperature 0.
     score_tempered: bool = False
@@ -49,11 +57,11 @@ class DecodePolicy:
     # "none": every step runs the whole canvas; "prefix": one full pass per block, later steps run the
     # block and everything after it against the cached prompt + finished blocks; "dual": the suffix's
     # keys/values are cached too and only the block is run.
-    cache: str = "none"
+    cache: CacheMode = "none"
     # How a cached block starts: "full" runs the whole canvas (Fast-dLLM: the prompt and finished
     # blocks are recomputed once per block); "incremental" runs only the block just finished, the new
     # block and the suffix against the cached prefix, so the prompt is encoded once per generation.
-    refresh: str = "full"
+    refresh: Refresh = "full"
     # How many masked positions after the active block the model sees; None = the whole canvas.
     window: int | None = None
     # Stop a row as soon as end of text is committed and every position before it is, instead of at
@@ -83,6 +91,14 @@ class DecodePolicy:
             raise GenerationError(f"refresh must be one of {', '.join(REFRESH_MODES)}, got '{self.refresh}'")
         if self.window is not None and self.window < 0:
             raise GenerationError("window must be zero or positive (or None for the whole canvas)")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise GenerationError(f"{f.name} must be a finite number")
+        if not 0 <= self.threshold <= 1:
+            raise GenerationError("threshold must be between 0 and 1")
+        if self.top_k < 0:
+            raise GenerationError("top_k must be zero (off) or positive")
         if self.factor <= 0:
             raise GenerationError("factor must be positive")
         if self.entropy_bound < 0:
@@ -104,15 +120,15 @@ class StepEvent:
     """Emitted after every forward pass: the generated region of the canvas of each row."""
     step: int  # forward passes so far (NFE)
     block: int
-    canvas: torch.Tensor  # (B, gen_len) token ids, mask id at positions not yet committed
+    canvas: torch.Tensor  # (B, G) each row's generated positions (its spans), mask id where not yet committed
     committed: torch.Tensor  # (B, gen_len) bool: positions committed by this step
     mask_id: int
 
 
 @dataclass
 class GenerationResult:
+    """What a sampler returns: token ids and the decoder's accounting (``TextResult`` adds the texts)."""
     ids: list[list[int]]  # per row: generated ids up to (not including) end of text
-    texts: list[str]
     nfe: int  # forward passes of the model (prefill included for AR)
     generated_tokens: int  # sum over rows of len(ids[row])
     seconds: float
@@ -122,6 +138,8 @@ class GenerationResult:
     first_token_seconds: float | None = None
     # Sum over forward passes of the rows they ran (finished rows leave the batch): row-forwards.
     row_forwards: int = 0
+    forwards: list[int] | None = None  # per row: the forward passes it took part in (diffusion)
+    spans: list[list[list[int]]] | None = None  # per row, per masked span: its ids (canvas decoding)
 
     @property
     def tokens_per_forward(self) -> float:
@@ -132,11 +150,22 @@ class GenerationResult:
     def tokens_per_second(self) -> float:
         return self.generated_tokens / max(self.seconds, 1e-9)
 
-    @property
-    def text(self) -> str:
-        return self.texts[0]
-
     def stats_line(self) -> str:
         return (f"{self.generated_tokens} tokens · {self.nfe} forward passes · "
                 f"{self.tokens_per_forward:.2f} tokens/forward · {self.seconds:.2f} s · "
                 f"{self.tokens_per_second:.1f} tokens/s")
+
+
+@dataclass
+class TextResult(GenerationResult):
+    """A ``GenerationResult`` with each row's ids decoded to text (what a ``Backend`` returns)."""
+    texts: list[str] = field(kw_only=True)
+
+    @classmethod
+    def of(cls, result: GenerationResult, decode) -> "TextResult":
+        fields = {name: getattr(result, name) for name in GenerationResult.__dataclass_fields__}
+        return cls(**fields, texts=[decode(row) for row in result.ids])
+
+    @property
+    def text(self) -> str:
+        return self.texts[0]

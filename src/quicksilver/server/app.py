@@ -8,7 +8,6 @@ The streaming contract (SSE chunks, draft frames, stats) is in docs/serving.md.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import threading
@@ -31,11 +30,14 @@ from ..backend import Backend
 from ..chat import ChatTemplateError
 from ..engine import (Delta, Done, Draft, Engine, EngineClosed, EngineConfig, Failed, Finished, QueueFull,
                       Request as EngineRequest)
+from ..prompting import chat_ids, fewest_tokens, text_ids
+from ..sampling.canvas import fixed_length
+from ..sampling.policy import resolve_policy
 from ..sampling.types import GenerationError
-from .errors import APIError, api_error_handler, http_handler, validation_handler
+from .errors import APIError, api_error_handler, error_body, http_handler, unexpected_handler, validation_handler
 from .guard import RequestGuard
-from .metrics import render_metrics
-from .schemas import MAX_STOP_CHARS, MAX_STOPS, ChatRequest, CompletionRequest, Decoding
+from .metrics import Histogram, render_metrics
+from .schemas import MAX_STOP_CHARS, MAX_STOPS, POLICY_FIELDS, ChatRequest, CompletionRequest, Decoding
 
 STATIC = Path(__file__).parent / "static"
 PING_S = 15.0  # an SSE comment after this long without an event keeps proxies and clients patient
@@ -56,6 +58,8 @@ class ServerSettings:
     max_tokens_limit: int | None = None  # the most a request may ask for; None: the model's context
     device: str | None = None
     drain_s: float = 10.0  # on shutdown, how long running requests may finish
+    body_timeout_s: float = 30.0  # a request body must arrive within this (408 otherwise)
+    special_tokens_in_text: bool = False  # True: '<|endoftext|>' typed by a user is the control token
 
 
 @dataclass
@@ -65,6 +69,7 @@ class ServerState:
     engine: Engine | None = None
     load_error: str | None = None
     started: float = field(default_factory=time.time)
+    latency: Histogram = field(default_factory=Histogram)  # seconds from submission to the end
 
     def ready(self) -> tuple[Backend, Engine]:
         if self.load_error:
@@ -93,7 +98,8 @@ def create_app(settings: ServerSettings | None = None, backend: Backend | None =
         try:
             b = backend if backend is not None else (loader or _load_backend)(settings)
             engine = Engine(b, EngineConfig(max_batch=settings.max_batch, max_queue=settings.max_queue,
-                                            time_limit_s=settings.time_limit_s, max_n=settings.max_n)).start()
+                                            time_limit_s=settings.time_limit_s, max_n=settings.max_n),
+                            on_close=state.latency.record).start()
             state.backend, state.engine = b, engine
             log.info("model %s loaded; serving", b.name)
         except Exception as e:  # a missing model or a bad checkpoint: health says why
@@ -113,7 +119,9 @@ def create_app(settings: ServerSettings | None = None, backend: Backend | None =
     app.add_exception_handler(RequestValidationError, validation_handler)
     app.add_exception_handler(HTTPException, http_handler)
     app.add_exception_handler(APIError, api_error_handler)
-    app.add_middleware(RequestGuard, api_key=settings.api_key, max_body=settings.max_body)
+    app.add_exception_handler(Exception, unexpected_handler)
+    app.add_middleware(RequestGuard, api_key=settings.api_key, max_body=settings.max_body,
+                       body_timeout_s=settings.body_timeout_s)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_credentials=False,
                            allow_methods=["GET", "POST", "OPTIONS"], allow_headers=["Authorization", "Content-Type"])
@@ -135,7 +143,7 @@ def create_app(settings: ServerSettings | None = None, backend: Backend | None =
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
     async def metrics():
-        return PlainTextResponse(render_metrics(state.engine), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(render_metrics(state.engine, state.latency), media_type="text/plain; version=0.0.4")
 
     @app.get("/", include_in_schema=False)
     async def playground():
@@ -174,8 +182,11 @@ def create_app(settings: ServerSettings | None = None, backend: Backend | None =
             prompt = prompt[0]
         if prompt == "" and not body.suffix:
             raise APIError(400, "prompt must not be empty", "prompt")
-        ids = backend_.encode(prompt)
-        suffix = backend_.encode(body.suffix) if body.suffix else None
+        _refuse_far_too_long(backend_, prompt + (body.suffix or ""))
+        literal = not settings.special_tokens_in_text
+        # Tokenizing is CPU work of up to a second for a long prompt: off the event loop.
+        ids = await asyncio.to_thread(text_ids, backend_, prompt, literal)
+        suffix = await asyncio.to_thread(text_ids, backend_, body.suffix, literal) if body.suffix else None
         if suffix is not None and not ids and not suffix:
             raise APIError(400, "prompt and suffix are both empty", "prompt")
         job = _job(body, ids, suffix, backend_, settings)
@@ -188,17 +199,32 @@ def create_app(settings: ServerSettings | None = None, backend: Backend | None =
         if body.max_completion_tokens is not None and body.max_tokens is None:
             body.max_tokens = body.max_completion_tokens
         messages = [m.model_dump() for m in body.messages]
+        _refuse_far_too_long(backend_, "".join(_message_text(m) for m in messages))
         try:
-            text = backend_.render_chat(messages)
+            ids = await asyncio.to_thread(chat_ids, backend_, messages, not settings.special_tokens_in_text)
         except ChatTemplateError as e:
             raise APIError(400, str(e), "messages") from None
-        ids = backend_.encode(text)
         if not ids:
             raise APIError(400, "the messages render to an empty prompt", "messages")
         job = _job(body, ids, None, backend_, settings)
         return await _serve(request, engine, job, body, backend_.name, chat=True)
 
     return app
+
+
+def _message_text(message: dict) -> str:
+    content = message.get("content")
+    if isinstance(content, list):
+        return "".join(part.get("text") or "" for part in content if isinstance(part, dict))
+    return content if isinstance(content, str) else ""
+
+
+def _refuse_far_too_long(backend: Backend, text: str) -> None:
+    """Refuse a prompt that cannot fit whatever its tokens, before spending CPU on tokenizing it."""
+    fewest = fewest_tokens(backend, text)
+    if fewest > backend.context_length:
+        raise APIError(400, f"this model's maximum context length is {backend.context_length} tokens, but the prompt "
+                            f"has at least {fewest} tokens; shorten the prompt", "prompt", "context_length_exceeded")
 
 
 def _model_card(backend: Backend, state: ServerState) -> dict:
@@ -225,7 +251,7 @@ def _job(body: Decoding, ids: list[int], suffix: list[int] | None, backend: Back
          settings: ServerSettings) -> EngineRequest:
     """The engine request: the model's default decoding with the request's fields over it."""
     context = backend.context_length
-    used = len(ids) + (len(suffix) + 3 if suffix is not None else 0)
+    used = fixed_length(ids, suffix)
     limit = min(context, settings.max_tokens_limit or context)
     if body.max_tokens is not None and body.max_tokens > limit:
         raise APIError(400, f"max_tokens must be at most {limit}, got {body.max_tokens}", "max_tokens")
@@ -235,23 +261,15 @@ def _job(body: Decoding, ids: list[int], suffix: list[int] | None, backend: Back
                             f"tokens and max_tokens is {max_tokens} ({used + max_tokens} in all); shorten the prompt "
                             f"or lower max_tokens", "prompt" if used >= context else "max_tokens",
                        "context_length_exceeded")
-    policy = dataclasses.replace(backend.default_policy, max_new_tokens=max_tokens, temperature=body.temperature,
-                                 top_p=body.top_p, seed=body.seed)
-    if backend.is_diffusion:
-        if body.steps is not None:
-            policy.steps = body.steps
-            if body.commit is None:
-                policy.commit = "fixed"  # steps only mean something to the fixed schedule
-        if body.block_length is not None:
-            policy.block_length = body.block_length
-        if body.commit is not None:
-            policy.commit = body.commit
-        if body.threshold is not None:
-            policy.threshold = body.threshold
-        if body.cache is not None:
-            policy.cache = body.cache
+    given = {name: getattr(body, name) for name in POLICY_FIELDS}
+    sampling = {} if body.preset is not None else dict(temperature=0.0, top_p=1.0)  # the OpenAI defaults
+    for name in ("temperature", "top_p"):
+        if getattr(body, name) is not None:
+            sampling[name] = getattr(body, name)
     try:
-        policy.validate()
+        policy = resolve_policy(body.preset, base=backend.default_policy if body.preset is None else None,
+                                diffusion=backend.is_diffusion, max_new_tokens=max_tokens, seed=body.seed,
+                                **sampling, **given)
     except GenerationError as e:
         raise APIError(400, str(e)) from None
     stops = tuple([body.stop] if isinstance(body.stop, str) else (body.stop or []))
@@ -292,7 +310,7 @@ async def _serve(request: Request, engine: Engine, job: EngineRequest, body: Dec
         return JSONResponse(status_code=499, content=None)
     texts, finished, done, failed = collect.result()
     if failed is not None:
-        raise APIError(failed.status, failed.message)
+        raise APIError(failed.status, failed.message, code="internal_error" if failed.status == 500 else None)
     choices = []
     for i in range(job.n):
         f = finished.get(i)
@@ -386,8 +404,8 @@ async def _sse(engine: Engine, job: EngineRequest, events: asyncio.Queue, ident:
                 break
             elif isinstance(event, Failed):
                 over = True
-                yield _frame({"error": {"message": event.message, "type": "invalid_request_error", "param": None,
-                                        "code": None}})
+                yield _frame(error_body(event.status, event.message,
+                                        code="internal_error" if event.status == 500 else None))
                 break
         yield "data: [DONE]\n\n"
     finally:

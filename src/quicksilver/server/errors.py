@@ -1,11 +1,14 @@
 """Errors in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}`` with a 4xx status.
 
 Whatever a client sends is answered with one of these and a clear sentence, never a traceback; only a
-failure of the server itself (a dead engine) gets a 5xx.
+failure of the server itself gets a 5xx: a 500 that names an error id (the log line with the traceback
+carries the same id), or a 503 while the model loads or the server stops.
 """
 from __future__ import annotations
 
 import json
+import logging
+import uuid
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -14,7 +17,9 @@ from starlette.responses import JSONResponse
 
 TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
          405: "invalid_request_error", 408: "timeout_error", 413: "invalid_request_error",
-         415: "invalid_request_error", 429: "rate_limit_error", 503: "service_unavailable_error"}
+         415: "invalid_request_error", 429: "rate_limit_error", 500: "server_error",
+         503: "service_unavailable_error"}
+log = logging.getLogger("quicksilver.server")
 
 
 class APIError(Exception):
@@ -46,6 +51,8 @@ def _describe(error: dict) -> tuple[str, str | None]:
         return "the request body is not valid JSON", None
     if kind == "missing":
         return f"'{param}' is required", param
+    if kind == "invalid_text":  # raised with the offending field's path
+        return error.get("msg", "the request holds invalid text"), (error.get("ctx") or {}).get("param")
     message = error.get("msg", "is invalid")
     if message.startswith("Input should be") or message.startswith("Value error"):
         message = message.replace("Input should be", "should be").replace("Value error, ", "")
@@ -75,3 +82,12 @@ async def http_handler(request: Request, exc: HTTPException) -> JSONResponse:
 async def api_error_handler(request: Request, exc: APIError) -> JSONResponse:
     return error_response(exc.status, exc.message, exc.param, exc.code,
                           headers={"Retry-After": "1"} if exc.status in (429, 503) else None)
+
+
+async def unexpected_handler(request: Request, exc: Exception) -> JSONResponse:
+    """A bug met while serving one request: a 500 in the OpenAI shape naming an id that the logged
+    traceback carries too (the server goes on serving)."""
+    ident = "err-" + uuid.uuid4().hex[:12]
+    log.error("%s %s failed (%s)", request.method, request.url.path, ident, exc_info=exc)
+    return error_response(500, f"the server failed to serve this request (error id {ident}); it has been logged",
+                          code="internal_error")

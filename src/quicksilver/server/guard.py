@@ -2,20 +2,24 @@
 
 * API key: with a key set, every ``/v1/*`` route needs ``Authorization: Bearer <key>`` (compared in
   constant time); ``/health``, ``/version``, ``/metrics`` and the playground stay open.
-* Body: read here, at most ``max_body`` bytes (413 past it, whatever Content-Length claims); a POST
-  to ``/v1/*`` must be ``application/json`` (415) and valid UTF-8 (400).  The route then reads the
+* Body: read here, at most ``max_body`` bytes (413 past it, whatever Content-Length claims), within
+  ``body_timeout_s`` (408 otherwise, then the connection closes: a client that sends less than its
+  Content-Length cannot hold a connection open); a POST to ``/v1/*`` must be ``application/json``
+  (415) and valid UTF-8 (400).  The route then reads the
   buffered body, and later ``receive`` calls go to the client again, so a disconnect is still seen.
 """
 from __future__ import annotations
 
+import asyncio
 import hmac
+import time
 
 from .errors import error_bytes
 
 
 class RequestGuard:
-    def __init__(self, app, api_key: str | None, max_body: int) -> None:
-        self.app, self.api_key, self.max_body = app, api_key, max_body
+    def __init__(self, app, api_key: str | None, max_body: int, body_timeout_s: float = 30.0) -> None:
+        self.app, self.api_key, self.max_body, self.body_timeout_s = app, api_key, max_body, body_timeout_s
 
     async def _refuse(self, send, status: int, message: str, code: str | None = None,
                       headers: list[tuple[bytes, bytes]] | None = None) -> None:
@@ -43,8 +47,14 @@ class RequestGuard:
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
             return await self._refuse(send, 413, f"the request body is larger than {self.max_body} bytes")
         chunks, size = [], 0
+        deadline = time.monotonic() + self.body_timeout_s
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                return await self._refuse(send, 408, f"the request body did not arrive within "
+                                                     f"{self.body_timeout_s:g} seconds",
+                                          headers=[(b"connection", b"close")])
             if message["type"] == "http.disconnect":
                 return
             chunk = message.get("body", b"")

@@ -8,6 +8,7 @@ uninterrupted run would have taken.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
 import sys
@@ -17,7 +18,6 @@ from pathlib import Path
 
 import torch
 
-from ..loading.checkpoint import atomic_write_text, save_pretrained
 from .adapt import init_from
 from ..config import ConfigError, ModelConfig
 from ..data.shards import ShardDataset
@@ -25,7 +25,7 @@ from ..diffusion import ar_loss, block_diffusion_loss, block_times, diffusion_lo
 from .distributed import (DistInfo, Objective, all_reduce_sum, barrier, full_model_state, full_optimizer_state,
                           load_optimizer_state, teardown, wrap)
 from .distributed import setup as dist_setup
-from .resume import plain_copy, read_checkpoint, save_checkpoint
+from .resume import DiskFullError, claim_out_dir, plain_copy, read_checkpoint, save_best, save_checkpoint
 from .sft import sft_batch_loss, sft_step_loss
 from ..model import Transformer
 from ..tokenizer import Tokenizer
@@ -314,17 +314,22 @@ def run_model_config(cfg: TrainConfig, mcfg: ModelConfig, tokenizer: Tokenizer) 
         fim_middle_id=tokenizer.fim_middle_id)
 
 
-def train(run: RunConfig, resume: bool = False, progress: bool = True, log=print) -> dict:
-    """Train ``run``; under torchrun every rank calls this and trains its slice of each batch."""
+def train(run: RunConfig, resume: bool = False, progress: bool = True, log=print, overwrite: bool = False) -> dict:
+    """Train ``run``; under torchrun every rank calls this and trains its slice of each batch.
+
+    The run owns ``train.out_dir``: a folder that holds anything is refused unless ``resume``
+    (continue the run there) or ``overwrite`` (delete the run there and start over)."""
     cfg = run.train
     info, device = dist_setup(cfg.distributed, cfg.device)
     try:
-        return _train(run, info, device, resume, progress, log if info.is_main else (lambda *a, **k: None))
+        return _train(run, info, device, resume, progress, log if info.is_main else (lambda *a, **k: None),
+                      overwrite=overwrite)
     finally:
         teardown(info)
 
 
-def _train(run: RunConfig, info: DistInfo, device: torch.device, resume: bool, progress: bool, log) -> dict:
+def _train(run: RunConfig, info: DistInfo, device: torch.device, resume: bool, progress: bool, log,
+           overwrite: bool = False) -> dict:
     cfg, mcfg = run.train, run.model
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -333,7 +338,13 @@ def _train(run: RunConfig, info: DistInfo, device: torch.device, resume: bool, p
                           f"{info.world_size} processes")
     local_batch = cfg.batch_size // info.world_size
     out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in train.out_dir and --overwrite deletes it: give one")
+    # Every rank checks before any rank writes (the barrier), so a rank never sees rank 0's new files.
+    run_id = claim_out_dir(out_dir, resume, overwrite, write=False, log=log)
+    barrier(info)
+    if info.is_main:
+        run_id = claim_out_dir(out_dir, resume, overwrite, write=True, log=log)
 
     tokenizer = Tokenizer.from_file(Path(cfg.data) / "tokenizer.json")
     mcfg = run_model_config(cfg, mcfg, tokenizer)
@@ -363,7 +374,7 @@ def _train(run: RunConfig, info: DistInfo, device: torch.device, resume: bool, p
         torch.backends.cudnn.allow_tf32 = True
     state = {"step": 0, "tokens": 0, "elapsed_s": 0.0, "cpu_s": 0.0, "best_val": None, "best_step": None,
              "history": [], "config": {"model": mcfg.to_dict(), "train": dataclasses.asdict(cfg)}}
-    found = read_checkpoint(out_dir) if resume else None
+    found = read_checkpoint(out_dir, log) if resume else None
     if resume and info.enabled:
         seen = all_reduce_sum([float(found is not None)], info, device)[0]
         if 0 < seen < info.world_size:
@@ -374,7 +385,9 @@ def _train(run: RunConfig, info: DistInfo, device: torch.device, resume: bool, p
     if found is not None:
         model.load_state_dict({k: v.to(device) for k, v in found[0].items()})
         state = found[2]
+        state["run_id"] = state.get("run_id") or run_id
         log(f"resumed from step {state['step']} ({state['tokens']:,} tokens)")
+    state.setdefault("run_id", run_id)  # pruning deletes only checkpoints that carry this id
     if cfg.compile:
         compile_blocks(model, log)
     wrapped = wrap(model, info, device)
@@ -390,8 +403,14 @@ def _train(run: RunConfig, info: DistInfo, device: torch.device, resume: bool, p
 
     def write_log(record: dict) -> None:
         if log_file is not None:
-            log_file.write(json.dumps(record) + "\n")
-            log_file.flush()
+            try:
+                log_file.write(json.dumps(record) + "\n")
+                log_file.flush()
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise DiskFullError(f"the disk holding {out_dir} is full: the training log could not be written "
+                                        f"at step {state['step']}; free space, then continue with --resume") from None
+                raise
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     bar = Progress(TextColumn(f"[bold]{cfg.objective}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -434,12 +453,9 @@ def _train(run: RunConfig, info: DistInfo, device: torch.device, resume: bool, p
             state["best_val"], state["best_step"] = val, state["step"]
             weights = full_model_state(wrapped, model, info)
             if info.is_main:
-                save_pretrained(plain_copy(mcfg, weights) if info.mode == "fsdp" and info.enabled else model,
-                                tokenizer, out_dir / "best")
-                atomic_write_text(out_dir / "best" / "train_summary.json", json.dumps(
-                    {k: state[k] for k in ("step", "tokens", "best_val", "best_step")}
-                    | {"elapsed_s": record["elapsed_s"], "epochs": record["epochs"], "objective": cfg.objective},
-                    indent=2))
+                save_best(out_dir, plain_copy(mcfg, weights) if info.mode == "fsdp" and info.enabled else model,
+                          tokenizer, {k: state[k] for k in ("step", "tokens", "best_val", "best_step")}
+                          | {"elapsed_s": record["elapsed_s"], "epochs": record["epochs"], "objective": cfg.objective})
         return val
 
     def forward_backward(tokens, step):
@@ -519,7 +535,10 @@ def _train(run: RunConfig, info: DistInfo, device: torch.device, resume: bool, p
             raise
         finally:
             if log_file is not None:
-                log_file.close()
+                try:
+                    log_file.close()
+                except OSError:  # a full disk: the error that matters is already on its way
+                    pass
     state["elapsed_s"] = elapsed_before + time.time() - session_start
     state["cpu_s"] = cpu_seconds()
     return state

@@ -33,8 +33,12 @@ def read_config(folder: Path) -> dict:
 
 def family_of(raw: dict) -> str:
     """Which loader a ``config.json`` needs, from its ``model_type`` (or ``architectures``)."""
-    model_type = str(raw.get("model_type") or "").lower()
-    archs = raw.get("architectures") or []
+    model_type, archs = raw.get("model_type"), raw.get("architectures")
+    if model_type is not None and not isinstance(model_type, str):
+        raise CheckpointError(f"config.json: model_type must be a string, got {json.dumps(model_type)[:40]}")
+    if archs is not None and (not isinstance(archs, list) or not all(isinstance(a, str) for a in archs)):
+        raise CheckpointError(f"config.json: architectures must be a list of strings, got {json.dumps(archs)[:40]}")
+    model_type, archs = (model_type or "").lower(), archs or []
     if model_type in ("", "quicksilver") and not any(a in archs for a in ("LLaDAModelLM", "DreamModel")):
         return "quicksilver"
     if model_type == "llada" or "LLaDAModelLM" in archs:
@@ -73,7 +77,12 @@ def load_native_family(folder: Path, raw: dict, device: str | torch.device = "cp
                        progress: bool | None = None) -> tuple[Transformer, ExternalTokenizer]:
     """A LLaDA or Dream folder as Quicksilver's ``Transformer`` plus its tokenizer."""
     family = NATIVE_FAMILIES[family_of(raw)]
-    cfg = family.model_config(raw)
+    try:
+        cfg = family.model_config(raw)
+    except (TypeError, ValueError) as e:  # int("abc"), a ConfigError of the mapped config
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"{folder / 'config.json'}: {e}") from None
     for name in ("mask_token_id", "eos_token_id", "pad_token_id"):
         if not 0 <= getattr(cfg, name) < cfg.vocab_size:
             raise CheckpointError(f"{folder}: {name} {getattr(cfg, name)} is outside the vocabulary of {cfg.vocab_size}")
@@ -82,6 +91,9 @@ def load_native_family(folder: Path, raw: dict, device: str | torch.device = "cp
                                                   stop_tokens=[family.END_OF_TURN], stop_ids=_generation_eos(folder))
     except TokenizerError as e:
         raise CheckpointError(str(e)) from None
+    if tokenizer.vocab_size > cfg.vocab_size:
+        raise CheckpointError(f"{folder}: the model's vocabulary ({cfg.vocab_size}) is smaller than its tokenizer's "
+                              f"({tokenizer.vocab_size}); the tokenizer would produce ids the model has no row for")
     cfg.stop_token_ids = [i for i in tokenizer.stop_ids[1:] if i < cfg.vocab_size]
     with torch.device("meta"):
         model = Transformer(cfg)

@@ -27,8 +27,9 @@ from pathlib import Path
 import torch
 
 from ..layout import CheckpointError
-from ...sampling import DecodePolicy, GenerationError, GenerationResult, StepEvent
-from ...sampling.batch import cut_at_eos, left_pad
+from ...sampling import DecodePolicy, GenerationError, StepEvent, TextResult
+from ...sampling.batch import left_pad
+from ...sampling.stops import cut_at_eos
 from ...tokenizer import ExternalTokenizer, TokenizerError
 
 NO_TOKEN = -1  # the canvas has no mask token: positions not yet accepted are shown as -1
@@ -170,6 +171,13 @@ class DiffusionGemmaBackend:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text)
 
+    def encode_literal(self, text: str) -> list[int]:  # special tokens typed by a user stay text
+        return self.tokenizer.encode_literal(text)
+
+    @property
+    def special_texts(self) -> list[str]:
+        return self.tokenizer.special_texts
+
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(ids)
 
@@ -194,7 +202,7 @@ class DiffusionGemmaBackend:
                             eos_token_id=self.eos_ids, pad_token_id=self.pad_id)
 
     def generate_ids(self, prompts: list[list[int]], policy: DecodePolicy,
-                     on_step: Callable[[StepEvent], None] | None = None) -> GenerationResult:
+                     on_step: Callable[[StepEvent], None] | None = None) -> TextResult:
         config = self._generation_config(policy)
         device = next(self.model.parameters()).device
         ids, attention, _, width = left_pad(prompts, self.pad_id, 0, self.pad_id, device)
@@ -214,10 +222,10 @@ class DiffusionGemmaBackend:
             kept, done = cut_at_eos(row, self.eos_ids) if policy.stop_at_eos else (row, False)
             rows.append(kept)
             finished.append(done)
-        return GenerationResult(ids=rows, texts=[self.tokenizer.decode(r) for r in rows], nfe=streamer.steps,
-                                generated_tokens=sum(map(len, rows)), seconds=seconds, finished=finished,
-                                row_forwards=streamer.steps * len(prompts))
+        return TextResult(ids=rows, texts=[self.tokenizer.decode(r) for r in rows], nfe=streamer.steps,
+                            generated_tokens=sum(map(len, rows)), seconds=seconds, finished=finished,
+                            row_forwards=streamer.steps * len(prompts))
 
     def infill_ids(self, prefix: list[int], suffix: list[int], policy: DecodePolicy,
-                   on_step: Callable[[StepEvent], None] | None = None) -> GenerationResult:
+                   on_step: Callable[[StepEvent], None] | None = None) -> TextResult:
         raise GenerationError("DiffusionGemma decodes canvases after a prompt; it cannot fill a gap before a suffix")
