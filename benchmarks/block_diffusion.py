@@ -215,7 +215,8 @@ def _num(x) -> str:
 
 def write_report(result: dict, out: Path) -> None:
     twin = result["twin"]
-    lines = [f"Command: `{result['command']}`", "",
+    commands = result.get("commands") or [result["command"]]
+    lines = ["Commands:", ""] + [f"- `{c}`" for c in commands] + ["",
              f"Machine: {result['machine'].get('cpu', '')}; {result['prompts']} HumanEval prompts, "
              f"{result['max_new_tokens']} new tokens, greedy, fp32, one thread.", "",
              "| model | threshold | tok/fwd b1 | tok/s b1 | x AR b1 | tok/fwd b8 | tok/s b8 | x AR b8 | gen PPL (twin) | "
