@@ -40,8 +40,10 @@ demo: install
 	$(BIN)/quicksilver generate "$(PROMPT)" --model coder-tiny --max-new-tokens 96 --block-length 32
 	$(BIN)/quicksilver generate "$(PROMPT)" --model coder-tiny-ar --max-new-tokens 96 --no-live
 
+# Two workers (pytest-xdist, in the dev extra), tests handed out one by one: most of the suite is CPU-bound
+# with one torch thread per process, so a 2-core machine runs two at once.
 test: install-dev
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal
 
 # The recipe of the bundled models (see docs/models.md): corpus, then both runs side by side.
 data: install

@@ -83,3 +83,23 @@ def cli_server(tmp_path_factory):
 
     with live_server(tmp_path_factory.mktemp("cli-server"), api_key=CLI_SERVER_KEY) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def ar_lm():
+    """The bundled AR twin, loaded once for every test that needs it."""
+    import quicksilver
+
+    return quicksilver.load("coder-tiny-ar", device="cpu", threads=1)
+
+
+@pytest.fixture(scope="session")
+def ar_server(ar_lm):
+    """A live server of the AR twin (in-process uvicorn, tests/server_harness.py), shared by the client
+    tests that need exact log-probabilities (echo, logprobs, loglikelihood tasks)."""
+    from server_harness import live_server as harness_server
+
+    from quicksilver.server import ServerSettings
+
+    with harness_server(ServerSettings(model="coder-tiny-ar", default_max_tokens=16), backend=ar_lm) as base:
+        yield base

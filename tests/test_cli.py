@@ -142,3 +142,38 @@ def test_generate_with_fast_decoding_matches_the_api():
 
 def test_serve_refuses_bad_threads_before_binding():
     assert_user_error(run("serve", "--threads", "0"), "--threads must be a positive integer")
+
+
+def test_device_cuda_without_cuda_is_one_sentence():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    assert_user_error(run("generate", "x", "--device", "cuda"), "device 'cuda' is not available")
+    assert_user_error(run("generate", "x", "--device", "tpu"), "unknown device 'tpu'")
+
+
+def test_live_view_writes_clean_lines_to_a_pipe():
+    """Not a terminal: the same lines as --no-live (text, then the stats line on a line of its own),
+    no redrawn frames, no escape codes."""
+    args = ("generate", "def add(a, b):", "--max-new-tokens", "24", "--threads", "1")
+    live, plain = run(*args), run(*args, "--no-live")
+    assert live.returncode == 0 and plain.returncode == 0, live.stderr + plain.stderr
+    assert "\x1b" not in live.stdout and "░" not in live.stdout
+    assert live.stdout.splitlines()[:-1] == plain.stdout.splitlines()[:-1]
+    assert live.stdout.splitlines()[-1].startswith("coder-tiny (diffusion): ")
+    assert live.stdout.startswith("def add(a, b):")
+
+
+def test_a_bad_thread_count_in_the_environment_is_one_sentence():
+    import os
+
+    env = {**os.environ, "QUICKSILVER_THREADS": "many"}
+    result = subprocess.run([sys.executable, "-m", "quicksilver.cli", "generate", "x"], capture_output=True,
+                            text=True, timeout=120, env=env)
+    assert_user_error(result, "QUICKSILVER_THREADS must be a positive integer")
+
+
+def test_the_server_says_how_many_threads_it_picked(cli_server):
+    log = cli_server.log.read_text()
+    assert "1 torch thread (OMP_NUM_THREADS)" in log, log[-2000:]

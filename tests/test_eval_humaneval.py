@@ -73,7 +73,7 @@ def test_settings(setting, commit):
         assert policy.steps == 16
 
 
-@pytest.mark.parametrize("bad", ["fixed:0", "fast", "threshold:x"])
+@pytest.mark.parametrize("bad", ["fixed:0", "turbo", "threshold:x"])
 def test_bad_settings(bad):
     with pytest.raises(GenerationError):
         policy_from_setting(bad, 64)

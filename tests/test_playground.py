@@ -141,3 +141,50 @@ def test_stop_and_chat_mode(page, cli_server):
     assert int(pg.inner_text("#steps-count")) > 0
     # Chat output has no prompt echoed into the canvas.
     assert pg.locator("#canvas .prompt").count() == 0
+
+
+def test_edit_tab_regenerates_lines_and_schema_box_gives_valid_json(page, cli_server):
+    import json
+
+    import jsonschema
+
+    pg = page
+    pg.fill("#api-key", cli_server.api_key)
+    pg.dispatch_event("#api-key", "change")
+    pg.wait_for_function("document.querySelector('#model-name').textContent === 'coder-tiny'", timeout=10_000)
+    # Edit: line 2 is regenerated while drafts stream; lines 1 and 3 come back byte for byte.
+    pg.select_option("#mode", "edit")
+    assert pg.is_visible("#edit-lines") and pg.is_disabled("#schema")
+    document = "def add(a, b):\n    return a + b\nprint(add(1, 2))\n"
+    pg.fill("#prompt", document)
+    pg.fill("#edit-lines", "2:2")
+    settings(pg, max_tokens=8)
+    pg.evaluate("window.__canvas = []")
+    pg.click("#generate")
+    pg.wait_for_selector("#status[data-state=done]", timeout=60_000)
+    assert pg.is_hidden("#error")
+    assert any(s["masks"] > 0 for s in pg.evaluate("window.__canvas")), "no draft with masked lines was shown"
+    final = pg.evaluate("document.querySelector('#canvas .region').textContent")
+    assert final.startswith("def add(a, b):\n") and final.endswith("\nprint(add(1, 2))\n")
+    pg.fill("#edit-lines", "7:9")
+    pg.click("#generate")
+    pg.wait_for_selector("#error:not([hidden])", timeout=10_000)  # refused in the page, nothing sent
+    assert "outside the text" in pg.inner_text("#error")
+
+    # Schema box: the completion is JSON valid against it.
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "size": {"type": "integer"},
+                                               "ok": {"type": "boolean"}}, "required": ["name"]}
+    pg.select_option("#mode", "completion")
+    pg.fill("#prompt", "config = ")
+    pg.evaluate("document.querySelector('#schema-box').open = true")
+    pg.fill("#schema", json.dumps(schema))
+    pg.click("#generate")
+    pg.wait_for_selector("#status[data-state=done]", timeout=60_000)
+    assert pg.is_hidden("#error")
+    final = pg.evaluate("document.querySelector('#canvas .region').textContent")
+    jsonschema.validate(json.loads(final), schema)
+    pg.fill("#schema", '{"type": "string", "pattern": "x"}')
+    pg.click("#generate")
+    pg.wait_for_selector("#status[data-state=error]", timeout=10_000)
+    assert "unsupported keyword 'pattern'" in pg.inner_text("#error")
+    pg.fill("#schema", "")  # the stored settings of the next test start clean

@@ -16,7 +16,7 @@ from quicksilver.sampling.types import COMMIT_RULES
 CHANGED = dict(max_new_tokens=24, block_length=8, steps=6, temperature=0.7, top_k=5, top_p=0.9, seed=3,
                stop_at_eos=False, commit="factor", score="margin", schedule="dream", score_tempered=True,
                threshold=0.6, factor=2.5, entropy_bound=0.25, cache="dual", refresh="incremental", window=12,
-               early_stop=True)
+               early_stop=True, correct="both", remask_share=0.5, edit_threshold=0.8, edit_passes=3)
 
 
 def test_changed_covers_every_field_with_a_new_value():
@@ -101,7 +101,7 @@ def test_setting_names_compose_cache_and_rule():
     assert resolve_policy("dual-inc+fixed4", defaults=dict(max_new_tokens=256)).steps == 64
     # the evaluation's older spelling reads as the same setting
     assert policy_from_setting("threshold:0.8", 64) == resolve_policy("thr0.8", max_new_tokens=64, block_length=32)
-    for bad in ("fast", "fixed:0", "threshold:x", "dual+", "", "gpu+thr0.5", "dual+thr0.5x"):
+    for bad in ("turbo", "fixed:0", "threshold:x", "dual+", "", "gpu+thr0.5", "dual+thr0.5x"):
         with pytest.raises(GenerationError):
             resolve_policy(bad)
 

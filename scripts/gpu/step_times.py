@@ -42,8 +42,10 @@ from quicksilver.sampling.captured import CapturedStep  # noqa: E402
 LLADA_8B = {"d_model": 4096, "n_heads": 32, "n_kv_heads": 32, "n_layers": 32, "mlp_hidden_size": 12288,
             "embedding_size": 126464, "vocab_size": 126464, "max_sequence_length": 4096, "rope_theta": 500000.0,
             "rope_full_precision": True, "weight_tying": False}
+# The rehearsal's tiny shape: LLaDA's special ids (126336, 126081) lie outside a 1,024-token vocabulary,
+# which the config validation rightly refuses, so the tiny shape names its own.
 TINY = dict(LLADA_8B, d_model=64, n_heads=4, n_kv_heads=4, n_layers=2, mlp_hidden_size=128,
-            embedding_size=1024, vocab_size=1024)
+            embedding_size=1024, vocab_size=1024, mask_token_id=1000, eos_token_id=1001)
 # Vendors' datasheets (SXM parts): HBM bandwidth in bytes/s, dense bf16 matrix rate in FLOP/s.
 DATASHEET = {"H200": (4.8e12, 989e12), "H100 PCIe": (2.0e12, 756e12), "H100": (3.35e12, 989e12)}
 

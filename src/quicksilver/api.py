@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import dataclasses
-
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -53,14 +52,32 @@ class LM:
 
     @property
     def default_policy(self) -> DecodePolicy:
-        """What a server request gets when it names no decoding option: for a diffusion model
-        ``sampling.policy.DEFAULT_PRESET`` (the threshold rule with early stop), for LLaDA and Dream their
-        family's reference sampler (``FAMILY_DEFAULTS``); greedy left-to-right decoding for the AR twin.
-        A block-diffusion model (``block_size``) decodes its own blocks with the exact cache."""
+        """What every entry point (``generate`` here, the CLI, the server, eval) decodes with when the
+        caller names no decoding option: for Quicksilver's diffusion models ``sampling.policy.DEFAULT_PRESET``,
+        the ``fast`` preset (DualCache, incremental refresh, threshold 0.3, early stop: the fastest
+        measured setting that keeps the reference sampler's output, docs/benchmarks.md); for LLaDA and
+        Dream their family's reference sampler (``FAMILY_DEFAULTS``); greedy left-to-right decoding for
+        the AR twin.  ``preset="reference"`` is the reference sampler.  A block-diffusion model
+        (``block_size``) decodes its own blocks with the exact cache (``sampling/block_causal.py``)."""
         policy = resolve_policy(FAMILY_DEFAULTS.get(self.model.config.family), diffusion=self.is_diffusion)
         if self.is_diffusion and self.model.config.block_size:
             policy = dataclasses.replace(policy, block_length=self.model.config.block_size, cache="prefix")
         return policy
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.config.vocab_size)
+
+    def score_ids(self, ids: Sequence[int], top: int = 0):
+        """Exact log-probabilities of ``ids[1:]`` given the tokens before each (AR twin only), with the
+        ``top`` most likely tokens at every position: ``eval.likelihood.TokenScores``.  A diffusion model
+        has no exact per-token likelihood (only a bound on the whole sequence) and raises."""
+        if self.is_diffusion:
+            raise GenerationError(f"{self.name} is a diffusion model: it has no exact per-token log-probabilities "
+                                  "(an autoregressive model such as coder-tiny-ar has)")
+        from .eval.likelihood import ar_token_scores
+
+        return ar_token_scores(self.model, list(ids), top)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text)
@@ -115,36 +132,205 @@ class LM:
 
         return BlockDecoder(self.model, policy)
 
-    def encode_prompt(self, prompt: str) -> list[int]:
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise GenerationError("the prompt is empty")
-        return self.tokenizer.encode(prompt)
+    def encode_prompt(self, prompt) -> list[int]:
+        """A prompt as token ids: a string, or a list of token ids (passed through, checked)."""
+        if isinstance(prompt, str):
+            if not prompt.strip():
+                raise GenerationError("the prompt is empty")
+            return self.tokenizer.encode(prompt)
+        if isinstance(prompt, (list, tuple)) and prompt and all(type(t) is int for t in prompt):
+            bad = [t for t in prompt if not 0 <= t < self.vocab_size]
+            if bad:
+                raise GenerationError(f"token id {bad[0]} is outside this model's vocabulary (0 to {self.vocab_size - 1})")
+            return list(prompt)
+        raise GenerationError(f"the prompt must be a string or a list of token ids, not {_kind(prompt)}")
 
-    def generate(self, prompt: str | list[str], max_new_tokens: int = 128, steps: int | None = None,
-                 block_length: int = 32, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-                 seed: int | None = None, stop_at_eos: bool = True,
-                 on_step: Callable[[StepEvent], None] | None = None, **decoding) -> TextResult:
-        """Complete one prompt (or a list of prompts, decoded as one batch).
+    def policy(self, preset: str | None = None, **given) -> DecodePolicy:
+        """The decoding policy of a call: ``preset`` (a preset or setting name; default: the model's
+        ``default_policy``) with the fields given (None values ignored), through ``sampling.policy``."""
+        return resolve_policy(preset, base=None if preset else self.default_policy, diffusion=self.is_diffusion,
+                              **given)
 
-        ``decoding`` takes any other ``DecodePolicy`` field, e.g. ``commit="threshold"``,
-        ``threshold=0.9``, ``cache="dual"``.
+    # -- controllable generation (``control/``) ----------------------------------------------------
+    def _policy(self, **decoding) -> DecodePolicy:
+        # Templates and edits are decoded with the reference rule unless told otherwise: their slots are
+        # short, and the measurements in docs/control.md were made with it.
+        return self.policy("reference", **decoding)
+
+    def generate_json(self, prompt: str, schema: dict, string_tokens: int = 6, integer_tokens: int = 3,
+                      on_step: Callable[[StepEvent], None] | None = None, **decoding):
+        """A JSON value valid against ``schema``: the schema is compiled into a canvas template (keys,
+        quotes, braces fixed; value slots with budgets and allowed tokens), the model fills the slots
+        (diffusion) or decodes under the template's constraints (AR twin), and the text is validated
+        with ``jsonschema``.  Returns ``control.StructuredResult`` (``.text``, ``.value``, ``.nfe``).
+        Raises ``control.SchemaError`` for a schema the compiler does not support."""
+        from .control import Budgets, generate_structured
+
+        policy = self._policy(**decoding)
+        return generate_structured(self.model, self.tokenizer, self.encode(prompt), schema, policy,
+                                   Budgets(string_tokens=string_tokens, integer_tokens=integer_tokens),
+                                   on_step=on_step)
+
+    def edit(self, text: str, spans=None, instruction: str | None = None,
+             on_step: Callable[[StepEvent], None] | None = None, **decoding):
+        """Regenerate ``spans`` (``(start, end, max_tokens)`` character ranges) of ``text``, or its
+        ``<|mask|>`` / ``<|mask:N|>`` placeholders, leaving every other byte unchanged; all spans are
+        filled by one decode.  ``instruction`` goes before the text through the chat template.
+        Returns ``control.edit.EditResult`` (``.text``, ``.fills``, ``.nfe``)."""
+        from .control.edit import check_spans, edit_ids, joint_block, parse_placeholders
+
+        if spans is None:
+            text, spans = parse_placeholders(text)
+        spans = check_spans(text, spans)
+        decoding.setdefault("block_length", joint_block(text, spans, self.encode))  # all spans jointly
+        policy = self._policy(**decoding)
+        prompt = self.encode(self.render_chat([{"role": "user", "content": instruction}])) if instruction else None
+        return edit_ids(self.model, self.tokenizer, text, spans, policy, prompt, on_step)
+
+    # -- the server's side of controllable generation (optional Backend capabilities) ----------------
+    def compile_schema(self, schema, string_tokens: int = 6):
+        """The canvas layout of ``schema`` (raises ``control.SchemaError``: the server's 400)."""
+        from .control import Budgets
+        from .control.structured import compile_layout
+
+        return compile_layout(schema, self.tokenizer, self.model.config, Budgets(string_tokens=string_tokens))
+
+    def _region_events(self, lay, on_step):
+        """StepEvents of a template fill with dropped slot positions removed, so that the ids before
+        the first mask are final text (what the engine streams)."""
+        if on_step is None:
+            return None
+        from .control.structured import display_ids
+
+        def relay(event: StepEvent) -> None:
+            ids = display_ids(lay, event.canvas[0].tolist(), self.eos_id)
+            on_step(StepEvent(event.step, event.block, torch.tensor([ids]),
+                              torch.zeros(1, len(ids), dtype=torch.bool), event.mask_id))
+        return relay
+
+    def structured_ids(self, prompt: list[int], schema, lay, policy: DecodePolicy,
+                       on_step: Callable[[StepEvent], None] | None = None) -> TextResult:
+        """Fill the compiled ``lay`` of ``schema`` after ``prompt``; ``texts[0]`` is validated JSON."""
+        from .control.structured import generate_structured
+
+        result = generate_structured(self.model, self.tokenizer, prompt, schema, policy, lay=lay,
+                                     on_step=self._region_events(lay, on_step))
+        ids = self.encode(result.text)
+        return TextResult(ids=[ids], texts=[result.text], nfe=result.nfe, generated_tokens=result.tokens,
+                                seconds=result.seconds, finished=[True], row_forwards=result.nfe)
+
+    def tool_call_ids(self, prompt: list[int], tools, policy: DecodePolicy,
+                      on_step: Callable[[StepEvent], None] | None = None) -> TextResult:
+        """A tool call: ``tools`` is a list of (name, parameters schema, compiled layout).  With several
+        tools the model first chooses the name (an enum slot after ``{"name": ``), then fills that
+        tool's arguments after ``{"name": "...", "arguments": ``.  ``texts[0]`` is that JSON object."""
+        import json
+
+        from .control.structured import generate_structured
+
+        nfe, seconds = 0, 0.0
+        name, schema, lay = tools[0]
+        if len(tools) > 1:
+            names = [t[0] for t in tools]
+            pick = generate_structured(self.model, self.tokenizer, prompt + self.encode('{"name": '),
+                                       {"enum": names}, policy)
+            nfe, seconds = pick.nfe, pick.seconds
+            name, schema, lay = tools[names.index(pick.value)]
+        head = prompt + self.encode('{"name": ' + json.dumps(name) + ', "arguments": ')
+        args = generate_structured(self.model, self.tokenizer, head, schema, policy, lay=lay,
+                                   on_step=self._region_events(lay, on_step))
+        text = json.dumps({"name": name, "arguments": args.value}, ensure_ascii=False)
+        return TextResult(ids=[self.encode(text)], texts=[text], nfe=nfe + args.nfe,
+                                generated_tokens=args.tokens, seconds=seconds + args.seconds, finished=[True],
+                                row_forwards=nfe + args.nfe)
+
+    def edit_ids(self, prompt: list[int], text: str, spans, policy: DecodePolicy,
+                 on_step: Callable[[StepEvent], None] | None = None, literal: bool = True) -> TextResult:
+        """Regenerate ``spans`` of ``text`` (checked by ``control.edit.check_spans``) after ``prompt``;
+        ``texts[0]`` is the whole edited text."""
+        from .control.edit import edit_ids
+
+        # The AR twin fills span by span through FIM: no whole-text drafts, so no on_step for it.
+        relay = on_step if self.is_diffusion else None
+        result = edit_ids(self.model, self.tokenizer, text, spans, policy, prompt, relay, whole_text_drafts=True,
+                          literal=literal)
+        ids = self.encode(result.text)
+        return TextResult(ids=[ids], texts=[result.text], nfe=result.nfe, generated_tokens=len(ids),
+                                seconds=result.seconds, finished=[True], row_forwards=result.nfe)
+
+    def generate(self, prompt, max_new_tokens: int | None = None, steps: int | None = None,
+                 block_length: int | None = None, temperature: float | None = None, top_k: int | None = None,
+                 top_p: float | None = None, seed: int | None = None, stop_at_eos: bool | None = None,
+                 on_step: Callable[[StepEvent], None] | None = None, suffix: str | None = None,
+                 preset: str | None = None, **decoding) -> TextResult:
+        """Complete one prompt (or a list of prompts, decoded as one batch).  A prompt is a string or
+        a list of token ids.  With ``suffix`` the model fills the gap between ``prompt`` and
+        ``suffix`` (``max_new_tokens`` is the gap's budget; see ``infill``).
+
+        Decoding is the model's default (``default_policy``: for Quicksilver's diffusion models the
+        ``fast`` preset) unless ``preset`` names another (``preset="reference"`` is the reference
+        sampler, one token per forward pass); every argument given overrides it, and ``decoding``
+        takes any other ``DecodePolicy`` field, e.g. ``commit="threshold"``, ``threshold=0.9``,
+        ``cache="dual"``.  ``steps`` alone selects the fixed schedule.
         """
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        policy = resolve_policy("reference", max_new_tokens=max_new_tokens, block_length=block_length, steps=steps,
-                                temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                                stop_at_eos=stop_at_eos, **decoding)
+        policy = self.policy(preset, max_new_tokens=max_new_tokens, steps=steps, block_length=block_length,
+                             temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop_at_eos=stop_at_eos,
+                             **decoding)
+        if suffix is not None:
+            if not isinstance(prompt, str):
+                raise GenerationError("with suffix, the prompt must be one string")
+            return self.infill(prompt, suffix, on_step=on_step, policy=policy)
+        single = isinstance(prompt, str) or (isinstance(prompt, (list, tuple)) and bool(prompt)
+                                             and all(type(t) is int for t in prompt))
+        if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(t, (int, float)) for t in prompt) \
+                and not single:
+            raise GenerationError("token ids must be whole numbers (a list of integers)")
+        prompts = [prompt] if single else prompt
+        if not isinstance(prompts, (list, tuple)) or not prompts:
+            raise GenerationError(f"the prompt must be a string, a list of token ids or a list of those, "
+                                  f"not {_kind(prompt)}")
         ids = [self.encode_prompt(p) for p in prompts]
         return TextResult.of(generate(self.model, ids, policy, on_step=on_step), self.tokenizer.decode)
 
+    def infill(self, prefix: str, suffix: str, max_new_tokens: int | None = None,
+               on_step: Callable[[StepEvent], None] | None = None, policy: DecodePolicy | None = None,
+               preset: str | None = None, **decoding) -> TextResult:
+        """Fill the gap between ``prefix`` and ``suffix`` (text): a diffusion model decodes masks
+        between them; the AR twin generates in its prefix-suffix-middle format.  ``result.text`` is
+        the middle; ``max_new_tokens`` (default 128, or the policy's) bounds it."""
+        if not isinstance(prefix, str) or not isinstance(suffix, str):
+            raise GenerationError(f"prefix and suffix must be strings, not {_kind(prefix if not isinstance(prefix, str) else suffix)}")
+        if policy is None:
+            policy = self.policy(preset, max_new_tokens=max_new_tokens, **decoding)
+        elif max_new_tokens is not None:
+            policy = dataclasses.replace(policy, max_new_tokens=max_new_tokens)
+        if not prefix.strip() and not suffix.strip():
+            raise GenerationError("the prompt is empty")
+        return self.infill_ids(self.tokenizer.encode(prefix), self.tokenizer.encode(suffix), policy, on_step)
+
+
+def _kind(value) -> str:
+    """A value's type in plain words, for messages."""
+    names = {bool: "a boolean", int: "a number", float: "a number", dict: "an object", type(None): "None",
+             list: "a list", tuple: "a list"}
+    return names.get(type(value), f"a {type(value).__name__}")
+
 
 def load(name_or_path: str | os.PathLike = "coder-tiny", device: str | None = None,
-         dtype: torch.dtype | None = torch.float32, progress: bool | None = None):
+         dtype: torch.dtype | None = torch.float32, progress: bool | None = None, threads: int | None = None):
     """Load a bundled model by name, a checkpoint folder or a Hugging Face Hub id; the family comes
     from its config.json.  Quicksilver, LLaDA and Dream give an ``LM`` (Quicksilver's own model
-    code); DiffusionGemma, which runs in transformers, gives its ``DiffusionGemmaBackend``."""
+    code); DiffusionGemma, which runs in transformers, gives its ``DiffusionGemmaBackend``.
+
+    On the CPU this sets torch's thread count: ``threads``, else ``QUICKSILVER_THREADS``, else the
+    measured default (``quicksilver.threads``: one thread on a 2-CPU machine)."""
     from .loading.checkpoint import resolve_model_path
+    from .device import resolve_device
     from .loading.families import family_of, read_config
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
+    if device == "cpu":
+        from .threads import apply_threads
+        apply_threads(threads)
     folder = resolve_model_path(name_or_path)
     if family_of(read_config(folder)) == "diffusion_gemma":
         from .loading.families.diffusion_gemma import DiffusionGemmaBackend
@@ -159,8 +345,9 @@ def load_backend(name_or_path: str | os.PathLike = "coder-tiny", device: str | N
     for Quicksilver, LLaDA and Dream checkpoints; transformers for DiffusionGemma.  ``dtype`` None
     keeps the checkpoint's (float32 for the bundled models' bf16 weights on CPU)."""
     from .loading.checkpoint import resolve_model_path
+    from .device import resolve_device
     from .loading.families import family_of, read_config
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     folder = resolve_model_path(name_or_path)
     family = family_of(read_config(folder))
     if family == "diffusion_gemma":

@@ -8,7 +8,9 @@ Token ids in, token ids and step events out; no HTTP, no threads.
 Optional capabilities (looked up with ``getattr``, absent on some backends): ``stop_ids`` / ``eos_id``
 (the ids that end a text), ``decoder(policy)`` (a ``sampling.diffusion.BlockDecoder`` for step-level
 batching of canvases), ``fill_ids(canvases, policy)`` (any ``sampling.canvas.Canvas``) and
-``fim_prompt(prefix, suffix)`` (an AR model's fill-in-the-middle prompt).
+``fim_prompt(prefix, suffix)`` (an AR model's fill-in-the-middle prompt), ``vocab_size`` (token-id
+prompts are checked against it) and ``score_ids(ids, top)`` (exact per-token log-probabilities of an
+autoregressive model, ``eval.likelihood.TokenScores``: the server's ``echo``/``logprobs``).
 """
 from __future__ import annotations
 

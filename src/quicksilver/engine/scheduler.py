@@ -65,7 +65,7 @@ class Scheduler:
     # -- queues -------------------------------------------------------------------------------------
     def route(self, request: Request) -> None:
         """Into the waiting queue of its cohort, or the serial queue."""
-        if self.batched:
+        if self.batched and request.run is None:
             key = cohort_key(request.policy, request.id)
             cohort = self.cohorts.get(key)
             if cohort is None:

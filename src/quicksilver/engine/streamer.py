@@ -62,8 +62,8 @@ class RowState:
             self.request.sink(Delta(self.index, text[len(self.emitted):]))
             self.emitted = text
 
-    def finish(self, ids: list[int], ended_by_eos: bool, nfe: int) -> None:
-        """The row is over: send the rest of its final text and ``Finished``."""
+    def finish(self, ids: list[int], ended_by_eos: bool, nfe: int, text: str | None = None) -> None:
+        """The row is over: send the rest of its final text (``text``, else ``ids`` decoded) and ``Finished``."""
         if self.finished:
             return
         self.finished = True
@@ -71,13 +71,14 @@ class RowState:
         if self.stop_text is not None:
             text, hit = self.stop_text, True
         else:
-            whole = self.backend.decode(ids)
+            whole = self.backend.decode(ids) if text is None else text
             hit = find_stop(whole, self.request.stops) is not None
             text = cut_at_stops(whole, self.request.stops)
         self._send(text)
         reason = "stop" if (hit or ended_by_eos) else "length"
         self.tokens = len(ids)
-        self.request.sink(Finished(self.index, text, reason, len(ids), self.nfe))
+        self.request.sink(Finished(self.index, text, reason, len(ids), self.nfe, ids=list(ids), eos=ended_by_eos,
+                                   cut=hit))
 
     def finish_early(self) -> None:
         """Out of time, or settled by a stop sequence: the final text is the committed prefix."""

@@ -55,6 +55,11 @@ class Finished:
     finish_reason: str  # "stop" | "length"
     tokens: int  # generated tokens (before a stop-sequence cut)
     nfe: int  # forward passes this choice took part in
+    # The generated ids (before a stop-sequence cut, without end of text), whether end of text ended
+    # them, and whether a stop sequence cut the text: what the server's ``logprobs`` scores.
+    ids: list[int] = field(default_factory=list)
+    eos: bool = False
+    cut: bool = False
 
 
 @dataclass
@@ -94,6 +99,10 @@ class Request:
     stops: tuple[str, ...] = ()
     suffix: list[int] | None = None  # fill-in-the-middle: decode between prompt and suffix
     drafts: bool = False  # send Draft events
+    # A job the backend runs in place of ``generate_ids`` (structured output, edits, correction): called
+    # on the worker thread as ``run(policy, on_step)``; returns a one-row ``TextResult`` whose
+    # ``texts[0]`` is the final text.  Served one at a time; the engine knows nothing of what it does.
+    run: Callable | None = None
     sink: Callable[[Event], None] = lambda event: None
     id: int = 0
     cancelled: bool = False  # set by ``Engine.cancel`` from any thread; seen at the next step

@@ -89,7 +89,7 @@ class Engine:
             raise GenerationError(
                 f"this model's maximum context length is {self.backend.context_length} tokens; the prompt has "
                 f"{len(request.prompt) + len(request.suffix or [])} tokens and max_tokens is {policy.max_new_tokens}")
-        if not request.prompt and not request.suffix:
+        if not request.prompt and not request.suffix and request.run is None:
             raise GenerationError("the prompt is empty")
         with self._lock:
             if self._closing:
@@ -233,7 +233,10 @@ class Engine:
             return on_step
 
         try:
-            if request.suffix is not None:  # one fill at a time; choice i samples with seed + i
+            if request.run is not None:
+                result = request.run(dataclasses.replace(request.policy), watcher(request.rows[:1]))
+                request.rows[0].finish(result.ids[0], result.finished[0], result.nfe, text=result.texts[0])
+            elif request.suffix is not None:  # one fill at a time; choice i samples with seed + i
                 for i, row in enumerate(request.rows):
                     seed = None if request.policy.seed is None else request.policy.seed + i
                     policy = dataclasses.replace(request.policy, seed=seed)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -57,6 +58,35 @@ def ar_nll(model, windows: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
         ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="none")
         out.append(ce.view(x.shape[0], -1).sum(1).cpu())
     return torch.cat(out).double()
+
+
+@dataclass
+class TokenScores:
+    """Per-position scores of a token sequence under an AR model: for every token after the first,
+    its log-probability given the tokens before it, and the ``top`` most likely tokens there."""
+    token_logprobs: list[float]  # len(ids) - 1 entries: token i + 1 given tokens 0..i
+    top_ids: list[list[int]]  # per entry, the top token ids, most likely first
+    top_logprobs: list[list[float]]
+
+
+@torch.no_grad()
+def ar_token_scores(model, ids: list[int], top: int = 0) -> TokenScores:
+    """Exact per-token log-probabilities of ``ids`` under a causal model (one forward pass, the
+    same teacher-forced scoring as ``ar_nll``): what a server's ``logprobs``/``echo`` report."""
+    if not model.config.causal:
+        raise ValueError("per-token log-probabilities need an autoregressive (causal) model")
+    if len(ids) < 2:
+        return TokenScores([], [], [])
+    device = next(model.parameters()).device
+    x = torch.tensor([ids], dtype=torch.long, device=device)
+    logprobs = torch.log_softmax(model(x[:, :-1]).float()[0], dim=-1)  # (L-1, V)
+    chosen = logprobs.gather(1, x[0, 1:, None])[:, 0]
+    if top > 0:
+        values, indices = logprobs.topk(min(top, logprobs.shape[-1]), dim=-1)
+        top_ids, top_lp = indices.tolist(), values.tolist()
+    else:
+        top_ids, top_lp = [[] for _ in range(len(ids) - 1)], [[] for _ in range(len(ids) - 1)]
+    return TokenScores(chosen.tolist(), top_ids, top_lp)
 
 
 def mask_counts(scored: int, samples: int, generator: torch.Generator) -> torch.Tensor:
@@ -194,4 +224,5 @@ def run_ppl(system, data: str | Path, seq_len: int = 256, windows: int = 128, sa
             **summarise(mc.mean(dim=1), seq_len - 1, tpb, mc)}
 
 
-__all__ = ["load_windows", "tokens_per_byte", "ar_nll", "mask_counts", "diffusion_nelbo", "block_nelbo", "summarise", "run_ppl"]
+__all__ = ["load_windows", "tokens_per_byte", "ar_nll", "TokenScores", "ar_token_scores", "mask_counts", "diffusion_nelbo",
+           "block_nelbo", "summarise", "run_ppl"]

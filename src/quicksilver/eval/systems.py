@@ -15,12 +15,16 @@ import torch
 from ..api import LM
 from ..sampling import Canvas, DecodePolicy
 from ..sampling.canvas import FIM_FRAME_TOKENS
-from ..sampling.policy import policy_from_setting, resolve_policy
+from ..sampling.policy import DEFAULT_PRESET, policy_from_setting, resolve_policy
 from ..sampling.stops import final_prefix, settled_at
 from .completion import Completion, Usage, cut_at_stops
 
 
 # -- decoding settings -------------------------------------------------------------------------------
+# What `quicksilver eval` decodes with unless told otherwise: the default preset of every entry point.
+DEFAULT_SETTING = DEFAULT_PRESET
+
+
 def describe_policy(policy: DecodePolicy, causal: bool) -> str:
     if causal:
         return "autoregressive, greedy" if policy.temperature == 0 else f"autoregressive, T={policy.temperature:g}"
@@ -96,9 +100,9 @@ class LocalSystem:
     name: str
     model: object
     tokenizer: object
-    setting: str = "fixed:1"
+    setting: str = DEFAULT_SETTING
     block_length: int = 32
-    cache: str = "none"
+    cache: str | None = None  # None: the setting's own
     batch_size: int | None = None  # None: 1 for a diffusion model on CPU (padding costs more than batching
     usage: Usage = field(default_factory=Usage)  # saves there), 8 otherwise
     # What decodes: the same ``Backend`` the engine and the server use (``api.LM`` over model and tokenizer).
@@ -200,10 +204,10 @@ class LocalSystem:
         return {"name": self.name, "kind": self.kind, "parameters": params, "layers": cfg.num_hidden_layers,
                 "hidden_size": cfg.hidden_size, "setting": None if self.causal else self.setting,
                 "block_length": None if self.causal else self.block_length,
-                "cache": None if self.causal else self.cache}
+                "cache": None if self.causal else self.policy(32).cache}
 
 
-def load_system(name: str, setting: str = "fixed:1", block_length: int = 32, cache: str = "none",
+def load_system(name: str, setting: str = DEFAULT_SETTING, block_length: int = 32, cache: str | None = None,
                 batch_size: int | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32) -> LocalSystem:
     from ..loading.checkpoint import load_model
 
@@ -214,8 +218,8 @@ def load_system(name: str, setting: str = "fixed:1", block_length: int = 32, cac
     return system
 
 
-def system_from_options(model: str | None, endpoint: str | None, setting: str = "fixed:1", block_length: int = 32,
-                        cache: str = "none", batch_size: int | None = None, device: str = "cpu", endpoint_model: str | None = None,
+def system_from_options(model: str | None, endpoint: str | None, setting: str = DEFAULT_SETTING,
+                        block_length: int = 32, cache: str | None = None, batch_size: int | None = None, device: str = "cpu", endpoint_model: str | None = None,
                         extra: str | None = None):
     """A local model by name/folder, or an OpenAI-compatible endpoint when ``endpoint`` is given."""
     if endpoint:
@@ -229,5 +233,5 @@ def system_from_options(model: str | None, endpoint: str | None, setting: str = 
     return load_system(model or "coder-tiny", setting, block_length, cache, batch_size, device)
 
 
-__all__ = ["LocalSystem", "StopWatcher", "StopDecoding", "policy_from_setting",
+__all__ = ["DEFAULT_SETTING", "LocalSystem", "StopWatcher", "StopDecoding", "policy_from_setting",
            "describe_policy", "fit_context", "load_system", "system_from_options"]

@@ -20,13 +20,7 @@ from .families import family_of, load_native_family, read_config
 from .hub import download, looks_like_hub_id
 from .layout import INDEX_NAME, WEIGHTS_NAME, CheckpointError, read_weight_map
 
-BUNDLED_DIR = Path(__file__).parent.parent / "models"
-
-
-def bundled_models() -> list[str]:
-    if not BUNDLED_DIR.is_dir():
-        return []
-    return sorted(p.name for p in BUNDLED_DIR.iterdir() if (p / "config.json").is_file())
+from .bundled import BUNDLED_DIR, bundled_models  # noqa: F401  (re-exported: callers import them from here)
 
 
 def resolve_model_path(name_or_path: str | os.PathLike) -> Path:

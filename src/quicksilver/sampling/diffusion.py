@@ -39,11 +39,10 @@ from .block_causal import BlockCausalForward, block_aligned_positions
 from .canvas import Canvas, Span, completions
 from .forward import BlockForward, ContextCache
 from .rows import RowBook
+from . import correction
 from .step import block_plan, choose, filter_logits, fixed_counts
 from .stops import never_sample_ids, stop_tensor
 from .types import DecodePolicy, GenerationError, GenerationResult, StepEvent
-
-steps_per_block = block_plan  # the older name
 
 
 @dataclass
@@ -96,6 +95,9 @@ class BlockDecoder:
         self.step_in_block = 0
         self.counts: torch.Tensor | None = None  # fixed rule: (R, max steps) tokens per step of the block
         self.block_steps: list[int] = []  # per row of the block: its steps (Dream's schedule needs them)
+        # Token-to-token editing (policy.correct "edit"/"both"): per row of the block, the edit passes it
+        # may still take once its block is full (0: none left, or the last one changed nothing).
+        self.edit_left: torch.Tensor | None = None
         self.nfe = 0
         self.row_forwards = 0
 
@@ -221,6 +223,8 @@ class BlockDecoder:
         self.step_in_block = 0
         self.counts = None
         self.block_steps = [book.plans[r][(lo - book.gen_start[r]) // bl] for r in rows]
+        passes = self.policy.edit_passes if self.policy.correct in ("edit", "both") else 0
+        self.edit_left = torch.full((len(rows),), passes, dtype=torch.long, device=self.device)
         if self.policy.commit == "fixed":
             schedules = [rules.transfer_counts(size, n) for size, n in zip(sizes, self.block_steps)]
             longest = max(len(s) for s in schedules)
@@ -257,6 +261,8 @@ class BlockDecoder:
         self.forward.keep_rows(index)
         if self.counts is not None:
             self.counts = self.counts[index]
+        if self.edit_left is not None:
+            self.edit_left = self.edit_left[index]
         self.block_steps = [self.block_steps[i] for i in index.tolist()]
 
     # -- one step ------------------------------------------------------------------------------------
@@ -285,7 +291,10 @@ class BlockDecoder:
             for r in book.end_spans(row_list, hi, early=True):
                 book.alive[r] = False
                 finished.append(book.handles[r])
-        self._keep(book.alive[rows] & (book.canvas[rows, lo:hi] == self.mask_id).any(1))
+        more = (book.canvas[rows, lo:hi] == self.mask_id).any(1)
+        if self.edit_left is not None:
+            more = more | (self.edit_left > 0)  # a full block stays for its token-editing passes
+        self._keep(book.alive[rows] & more)
         if self.rows.numel() == 0:
             finished += self._end_block()
         return StepReport(True, ran, rows, chosen, lo, hi, finished)
@@ -320,10 +329,76 @@ class BlockDecoder:
         proposal = rules.sample_tokens(logits, policy.temperature, self.generator)
         counts = fixed_counts(policy, masked, self.step_in_block, self.block_steps, self.counts)
         chosen = choose(policy, logits, proposal, masked, counts)
+        reopen = None
+        if policy.correct in ("remask", "both"):
+            chosen, reopen = self._remask(rows, block_tokens, block_hidden, masked, logits, proposal, chosen, lo, hi)
         proposed = block_tokens.clone()
         proposed[masked] = proposal
         book.canvas[rows, lo:hi] = torch.where(chosen, proposed, block_tokens)
+        if reopen is not None:
+            book.canvas[rows, lo:hi] = book.canvas[rows, lo:hi].masked_fill(reopen, self.mask_id)
+            chosen = chosen | reopen  # drafts show the reopened positions as changed
+        if self.edit_left is not None and bool((self.edit_left > 0).any()):
+            chosen = chosen | self._edit(rows, block_hidden, masked, lo, hi)
         return chosen
+
+    # -- correction while refining (``correction.py``) ----------------------------------------------
+    def _generated(self, rows: torch.Tensor, tokens: torch.Tensor, masked: torch.Tensor, lo: int, hi: int):
+        """(R, S) bool: committed span positions of the block that correction may touch (no stop ids)."""
+        return (self.book.span[rows, lo:hi] >= 0) & ~masked & ~torch.isin(tokens, self.stops)
+
+    def _remask(self, rows, tokens, hidden, masked, logits, proposal, chosen, lo, hi):
+        """Swap the weakest committed tokens of each row for surer proposals (same count, same passes)."""
+        policy = self.policy
+        old = self._generated(rows, tokens, masked, lo, hi)
+        if not bool(old.any()):
+            return chosen, None
+        old_logits = filter_logits(policy, self.model.head(hidden[old]).float(), self.banned,
+                                   self._permit(rows, lo, hi, old))
+        old_scores = torch.full(masked.shape, float("-inf"), device=self.device)
+        old_scores[old] = old_logits.softmax(-1).gather(-1, tokens[old][:, None]).squeeze(-1)
+        new_scores = torch.full(masked.shape, float("-inf"), device=self.device)
+        new_scores[masked] = logits.softmax(-1).gather(-1, proposal[:, None]).squeeze(-1)
+        chosen = chosen.clone()
+        reopen = torch.zeros_like(masked)
+        for i in range(rows.numel()):
+            m, o = masked[i], old[i]
+            if policy.commit == "fixed":
+                budget = correction.reopen_budget(policy.remask_share, int(o.sum()), self.step_in_block,
+                                                  self.block_steps[i])
+            elif int(chosen[i].sum()) >= int(m.sum()):
+                budget = 0  # this step fills the block
+            else:
+                budget = int(policy.remask_share * int(m.sum()) / max(1, m.numel()) * int(o.sum()))
+            row_chosen, row_reopen = correction.swap_weakest(new_scores[i][m].cpu(), chosen[i][m].cpu(),
+                                                             old_scores[i][o].cpu(), budget)
+            chosen[i, m] = row_chosen.to(self.device)
+            reopen[i, o] = row_reopen.to(self.device)
+        return chosen, reopen
+
+    def _edit(self, rows, hidden, masked, lo, hi) -> torch.Tensor:
+        """Token-to-token editing pass for the rows whose block is full: replace committed tokens whose
+        best token now differs with probability above ``edit_threshold``; returns the (R, S) changes."""
+        book, policy = self.book, self.policy
+        tokens = book.canvas[rows, lo:hi]
+        full = ~masked.any(1) & (self.edit_left > 0)
+        target = self._generated(rows, tokens, masked, lo, hi) & full[:, None]
+        changed = torch.zeros_like(masked)
+        if bool(target.any()):
+            edit_logits = filter_logits(policy, self.model.head(hidden[target]).float(), self.banned + self.stops.tolist(),
+                                        self._permit(rows, lo, hi, target))
+            probs = edit_logits.softmax(-1)
+            best_prob, best = probs.max(-1)
+            replace = correction.edits(tokens[target], best, best_prob, policy.edit_threshold)
+            new = tokens[target].clone()
+            new[replace] = best[replace]
+            updated = tokens.clone()
+            updated[target] = new
+            book.canvas[rows, lo:hi] = updated
+            changed[target] = replace
+        spent = full.long()
+        self.edit_left = torch.where(full & ~changed.any(1), torch.zeros_like(self.edit_left), self.edit_left - spent)
+        return changed
 
     def _permit(self, rows: torch.Tensor, lo: int, hi: int, masked: torch.Tensor) -> torch.Tensor | None:
         """(M, V) bool: the tokens each masked position's span allows; None when no span restricts."""
@@ -416,5 +491,4 @@ def _drive(decoder: BlockDecoder, handles: list[int], on_step, keep_history: boo
                             spans=spans)
 
 
-__all__ = ["fill", "generate_diffusion", "BlockDecoder", "StepReport", "steps_per_block", "never_sample_ids",
-           "stop_tensor", "ContextCache"]
+__all__ = ["fill", "generate_diffusion", "BlockDecoder", "StepReport", "ContextCache"]

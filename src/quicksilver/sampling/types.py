@@ -67,6 +67,15 @@ class DecodePolicy:
     # Stop a row as soon as end of text is committed and every position before it is, instead of at
     # the end of that block; the rest of its canvas is dropped, never decoded.  Outputs are unchanged.
     early_stop: bool = False
+    # -- correction while refining (``correction.py``; off by default) ---------------------------
+    # "remask": each step may reopen up to ``remask_share`` of the block's committed tokens (decaying
+    # to 0 at its last step) when fresh proposals are surer, at equal forward passes; "edit": after a
+    # block is full, up to ``edit_passes`` passes replace committed tokens whose best token now differs
+    # with probability above ``edit_threshold``; "both".  Prompt/suffix/template tokens never change.
+    correct: str = "none"
+    remask_share: float = 0.25
+    edit_threshold: float = 0.9
+    edit_passes: int = 2
 
     def validate(self) -> None:
         if self.max_new_tokens <= 0:
@@ -101,6 +110,14 @@ class DecodePolicy:
             raise GenerationError("top_k must be zero (off) or positive")
         if self.factor <= 0:
             raise GenerationError("factor must be positive")
+        if self.correct not in ("none", "remask", "edit", "both"):
+            raise GenerationError(f"correct must be one of none, remask, edit, both, got '{self.correct}'")
+        if not 0 <= self.remask_share <= 1:
+            raise GenerationError("remask_share must be in [0, 1]")
+        if not 0 < self.edit_threshold <= 1:
+            raise GenerationError("edit_threshold must be in (0, 1]")
+        if self.edit_passes < 0:
+            raise GenerationError("edit_passes must be zero or positive")
         if self.entropy_bound < 0:
             raise GenerationError("entropy_bound must be zero or positive")
 

@@ -1,7 +1,8 @@
 """The OpenAI-compatible HTTP server (FastAPI) over the engine.
 
 Routes: ``GET /v1/models``, ``POST /v1/completions`` (``suffix`` = fill in the middle),
-``POST /v1/chat/completions``, ``GET /health`` (503 until the model is loaded), ``GET /metrics``
+``POST /v1/chat/completions`` (both with ``response_format``; chat with ``tools``), ``POST /v1/edits``
+(docs/control.md), ``GET /health`` (503 until the model is loaded), ``GET /metrics``
 (Prometheus text), ``GET /version``, ``GET /`` (the playground page) and ``/static/*``.
 The streaming contract (SSE chunks, draft frames, stats) is in docs/serving.md.
 """
@@ -36,11 +37,17 @@ from ..sampling.policy import resolve_policy
 from ..sampling.types import GenerationError
 from .errors import APIError, api_error_handler, error_body, http_handler, unexpected_handler, validation_handler
 from .guard import RequestGuard
+from . import control
+from .logprobs import completion_ids, logprobs_object
 from .metrics import Histogram, render_metrics
-from .schemas import MAX_STOP_CHARS, MAX_STOPS, POLICY_FIELDS, ChatRequest, CompletionRequest, Decoding
+from .prompts import prompt_ids, split_prompts
+from .schemas import (MAX_LOGPROBS, MAX_STOP_CHARS, MAX_STOPS, POLICY_FIELDS, ChatRequest, CompletionRequest, Decoding,
+                      EditRequest)
+from .tokenize_routes import add_tokenizer_routes
 
 STATIC = Path(__file__).parent / "static"
 PING_S = 15.0  # an SSE comment after this long without an event keeps proxies and clients patient
+MAX_PROMPTS = 64  # prompts in one /v1/completions request (each is one engine request)
 log = logging.getLogger("quicksilver.server")
 
 
@@ -58,6 +65,8 @@ class ServerSettings:
     max_tokens_limit: int | None = None  # the most a request may ask for; None: the model's context
     device: str | None = None
     drain_s: float = 10.0  # on shutdown, how long running requests may finish
+    threads: int | None = None  # torch threads for decoding; None leaves torch's setting alone
+    threads_source: str = ""  # where that number came from (``quicksilver.threads``), for the log
     body_timeout_s: float = 30.0  # a request body must arrive within this (408 otherwise)
     special_tokens_in_text: bool = False  # True: '<|endoftext|>' typed by a user is the control token
 
@@ -87,6 +96,16 @@ def _load_backend(settings: ServerSettings) -> Backend:
     return load_backend(settings.model, device=settings.device)
 
 
+def _apply_threads(settings: ServerSettings) -> None:
+    """Set and log the torch thread count the CLI picked (``quicksilver.threads``)."""
+    if settings.threads is None:
+        return
+    import torch
+
+    torch.set_num_threads(settings.threads)
+    log.info("torch threads: %d (%s)", settings.threads, settings.threads_source or "set")
+
+
 def create_app(settings: ServerSettings | None = None, backend: Backend | None = None,
                loader: Callable[[ServerSettings], Backend] | None = None) -> FastAPI:
     """The app.  The model loads in a background thread at startup (``/health`` is 503 meanwhile),
@@ -96,6 +115,7 @@ def create_app(settings: ServerSettings | None = None, backend: Backend | None =
 
     def load_in_background() -> None:
         try:
+            _apply_threads(settings)
             b = backend if backend is not None else (loader or _load_backend)(settings)
             engine = Engine(b, EngineConfig(max_batch=settings.max_batch, max_queue=settings.max_queue,
                                             time_limit_s=settings.time_limit_s, max_n=settings.max_n),
@@ -172,25 +192,24 @@ def create_app(settings: ServerSettings | None = None, backend: Backend | None =
     async def completions(body: CompletionRequest, request: Request):
         backend_, engine = state.ready()
         _check_common(body, backend_, settings)
-        if body.echo:
-            raise APIError(400, "echo is not supported", "echo")
-        prompt = body.prompt
-        if isinstance(prompt, list):
-            if len(prompt) != 1:
-                raise APIError(400, "prompt must be a string (or a list of exactly one string); use n for "
-                                    "several completions", "prompt")
-            prompt = prompt[0]
-        if prompt == "" and not body.suffix:
-            raise APIError(400, "prompt must not be empty", "prompt")
-        _refuse_far_too_long(backend_, prompt + (body.suffix or ""))
-        literal = not settings.special_tokens_in_text
-        # Tokenizing is CPU work of up to a second for a long prompt: off the event loop.
-        ids = await asyncio.to_thread(text_ids, backend_, prompt, literal)
-        suffix = await asyncio.to_thread(text_ids, backend_, body.suffix, literal) if body.suffix else None
-        if suffix is not None and not ids and not suffix:
-            raise APIError(400, "prompt and suffix are both empty", "prompt")
-        job = _job(body, ids, suffix, backend_, settings)
-        return await _serve(request, engine, job, body, backend_.name, chat=False)
+        plan = await asyncio.to_thread(_completion_plan, body, backend_, not settings.special_tokens_in_text)
+        if plan.score_only:  # max_tokens 0 with echo: the prompts, scored when asked, nothing generated
+            return await asyncio.to_thread(_echo_only, plan, body, backend_)
+        if control.response_schema(body.response_format) is not None:
+            if plan.suffix is not None:
+                raise APIError(400, "suffix cannot be combined with response_format", "suffix")
+            jobs = [await control.structured_job(body, ids, backend_) for ids in plan.ids]
+        else:
+            jobs = [control.corrected_job(body, ids, plan.suffix, _job(body, ids, plan.suffix, backend_, settings),
+                                          backend_) for ids in plan.ids]
+        finalize = None
+        if body.echo or plan.top is not None:
+            def finalize(result: dict, finished: dict) -> None:
+                _add_echo_and_logprobs(result, finished, plan, body, backend_)
+        return await _serve(request, engine, jobs, body, backend_.name, chat=False,
+                            echo=plan.texts if body.echo else None, finalize=finalize)
+
+    add_tokenizer_routes(app, state.ready)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
@@ -198,7 +217,15 @@ def create_app(settings: ServerSettings | None = None, backend: Backend | None =
         _check_common(body, backend_, settings)
         if body.max_completion_tokens is not None and body.max_tokens is None:
             body.max_tokens = body.max_completion_tokens
+        if body.logprobs not in (None, False):
+            raise APIError(400, "logprobs are not supported on chat completions; /v1/completions reports them "
+                                "for autoregressive models", "logprobs")
         messages = [m.model_dump() for m in body.messages]
+        tools = control.chosen_tools(body)
+        if tools is not None:
+            if body.stream:
+                raise APIError(400, "stream is not supported with tools; call without stream", "stream")
+            messages = control.tool_messages(messages, tools)
         _refuse_far_too_long(backend_, "".join(_message_text(m) for m in messages))
         try:
             ids = await asyncio.to_thread(chat_ids, backend_, messages, not settings.special_tokens_in_text)
@@ -206,8 +233,29 @@ def create_app(settings: ServerSettings | None = None, backend: Backend | None =
             raise APIError(400, str(e), "messages") from None
         if not ids:
             raise APIError(400, "the messages render to an empty prompt", "messages")
-        job = _job(body, ids, None, backend_, settings)
-        return await _serve(request, engine, job, body, backend_.name, chat=True)
+        if body.max_tokens == 0:
+            raise APIError(400, "max_tokens must be at least 1", "max_tokens")
+        if tools is not None:
+            job = await control.tool_job(body, ids, backend_, tools)
+            response = await _serve(request, engine, [job], body, backend_.name, chat=True)
+            return control.as_tool_call(response) if isinstance(response, dict) else response
+        if control.response_schema(body.response_format) is not None:
+            job = await control.structured_job(body, ids, backend_)
+        else:
+            job = control.corrected_job(body, ids, None, _job(body, ids, None, backend_, settings), backend_)
+        return await _serve(request, engine, [job], body, backend_.name, chat=True)
+
+    @app.post("/v1/edits")
+    async def edits(body: EditRequest, request: Request):
+        """Regenerate spans of ``input`` (docs/control.md); the answer has the completion shape."""
+        backend_, engine = state.ready()
+        _check_common(body, backend_, settings)
+        _refuse_far_too_long(backend_, body.input + (body.instruction or ""))
+        job = control.edit_job(body, backend_, not settings.special_tokens_in_text)
+        response = await _serve(request, engine, [job], body, backend_.name, chat=False)
+        if isinstance(response, dict):
+            response["object"] = "edit"
+        return response
 
     return app
 
@@ -238,13 +286,92 @@ def _check_common(body: Decoding, backend: Backend, settings: ServerSettings) ->
                        "model", "model_not_found")
     if body.n > settings.max_n:
         raise APIError(400, f"n must be at most {settings.max_n}, got {body.n}", "n")
-    if body.logprobs not in (None, False, 0):
-        raise APIError(400, "logprobs are not supported", "logprobs")
     stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     if len(stops) > MAX_STOPS:
         raise APIError(400, f"stop takes at most {MAX_STOPS} sequences, got {len(stops)}", "stop")
     if any(not s or len(s) > MAX_STOP_CHARS for s in stops):
         raise APIError(400, f"each stop sequence must have 1 to {MAX_STOP_CHARS} characters", "stop")
+
+
+# -- /v1/completions: prompts, echo, logprobs -----------------------------------------------------------
+@dataclass
+class CompletionPlan:
+    """What a completions request asks for, checked: its prompts as ids (and as text, for echo), the
+    suffix, and how many top alternatives ``logprobs`` wants (None: no logprobs)."""
+    ids: list[list[int]]
+    texts: list[str]
+    suffix: list[int] | None
+    top: int | None
+    score_only: bool  # max_tokens 0 with echo
+
+
+def _completion_plan(body: CompletionRequest, backend: Backend, literal: bool = True) -> CompletionPlan:
+    """Checks and tokenizes (CPU work: the route runs it off the event loop).  ``literal``: special-token
+    strings in text prompts are text (``prompting.text_ids``)."""
+    prompts = split_prompts(body.prompt)
+    if len(prompts) > MAX_PROMPTS:
+        raise APIError(400, f"prompt holds {len(prompts)} prompts; at most {MAX_PROMPTS} per request", "prompt")
+    top = None if body.logprobs is None or body.logprobs is False else int(body.logprobs)
+    if top is not None and not 0 <= top <= MAX_LOGPROBS:
+        raise APIError(400, f"logprobs must be between 0 and {MAX_LOGPROBS}, got {top}", "logprobs")
+    if (top is not None or body.echo) and body.suffix is not None:
+        raise APIError(400, "echo and logprobs cannot be combined with suffix", "suffix")
+    if top is not None:
+        if backend.is_diffusion or not hasattr(backend, "score_ids"):
+            raise APIError(400, f"logprobs need an autoregressive model: {backend.name} is a diffusion model, which has "
+                                "no exact per-token log-probabilities (only a bound on a whole text's likelihood); "
+                                "serve its autoregressive twin (e.g. coder-tiny-ar) to score text", "logprobs")
+        if body.stream:
+            raise APIError(400, "logprobs are not available when streaming; send stream: false", "logprobs")
+    if body.max_tokens == 0 and not body.echo:
+        raise APIError(400, "max_tokens must be at least 1 (0 is allowed with echo, to return or score the prompt "
+                            "alone)", "max_tokens")
+    ids, texts = [], []
+    for i, prompt in enumerate(prompts):
+        where = "prompt" if len(prompts) == 1 else f"prompt[{i}]"
+        if isinstance(prompt, str) and prompt == "" and not body.suffix:
+            raise APIError(400, f"{where} must not be empty", "prompt")
+        if isinstance(prompt, str):
+            _refuse_far_too_long(backend, prompt + (body.suffix or ""))
+        row = prompt_ids(prompt, backend, i, len(prompts), lambda text: text_ids(backend, text, literal))
+        ids.append(row)
+        texts.append(prompt if isinstance(prompt, str) else backend.decode(row))
+    suffix = text_ids(backend, body.suffix, literal) if body.suffix else None
+    if suffix is not None and not suffix and not any(ids):
+        raise APIError(400, "prompt and suffix are both empty", "prompt")
+    return CompletionPlan(ids, texts, suffix, top, body.max_tokens == 0)
+
+
+def _echo_only(plan: CompletionPlan, body: CompletionRequest, backend: Backend) -> dict:
+    """``max_tokens: 0`` with ``echo``: each prompt returned (and scored) as its choices, nothing decoded."""
+    context = backend.context_length
+    choices = []
+    for i, ids in enumerate(plan.ids):
+        if len(ids) > context:
+            raise APIError(400, f"this model's maximum context length is {context} tokens, but the prompt has "
+                                f"{len(ids)} tokens", "prompt", "context_length_exceeded")
+        logprobs = logprobs_object(backend, ids, [], plan.top, echo=True) if plan.top is not None else None
+        for j in range(body.n):
+            choices.append({"index": i * body.n + j, "text": plan.texts[i], "logprobs": logprobs,
+                            "finish_reason": "length"})
+    prompt_tokens = sum(len(ids) for ids in plan.ids)
+    return {"id": "cmpl-" + uuid.uuid4().hex[:24], "object": "text_completion", "created": int(time.time()),
+            "model": backend.name, "choices": choices,
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 0, "total_tokens": prompt_tokens, "nfe": 0}}
+
+
+def _add_echo_and_logprobs(result: dict, finished: dict, plan: CompletionPlan, body: CompletionRequest,
+                           backend: Backend) -> None:
+    """Prefix each choice with its prompt (echo) and attach its ``logprobs`` object; ``finished`` maps
+    a choice's index to its ``Finished`` event."""
+    for choice in result["choices"]:
+        k = choice["index"] // body.n
+        start = len(plan.texts[k]) if body.echo else 0
+        if plan.top is not None:
+            choice["logprobs"] = logprobs_object(backend, plan.ids[k], completion_ids(backend, finished.get(choice["index"])),
+                                                 plan.top, body.echo, start)
+        if body.echo:
+            choice["text"] = plan.texts[k] + choice["text"]
 
 
 def _job(body: Decoding, ids: list[int], suffix: list[int] | None, backend: Backend,
@@ -277,42 +404,57 @@ def _job(body: Decoding, ids: list[int], suffix: list[int] | None, backend: Back
                          drafts=bool(body.diffusing and body.stream and backend.is_diffusion))
 
 
-async def _serve(request: Request, engine: Engine, job: EngineRequest, body: Decoding, model: str, chat: bool):
+async def _serve(request: Request, engine: Engine, jobs: list[EngineRequest], body: Decoding, model: str, chat: bool,
+                 echo: list[str] | None = None, finalize: Callable[[dict, dict], None] | None = None):
+    """Submit ``jobs`` (one per prompt, each with ``n`` rows) and answer with their choices, choice
+    ``k * n + j`` being row ``j`` of job ``k``: one JSON body, or an SSE stream.  ``echo``: each
+    job's prompt text, sent before its completion; ``finalize(body, finished)`` may amend the JSON
+    body (``finished`` maps a choice index to its ``Finished`` event)."""
     loop = asyncio.get_running_loop()
     events: asyncio.Queue = asyncio.Queue()
-    job.sink = lambda event: loop.call_soon_threadsafe(events.put_nowait, event)
+    for k, job in enumerate(jobs):
+        job.sink = lambda event, k=k: loop.call_soon_threadsafe(events.put_nowait, (k, event))
+    submitted: list[EngineRequest] = []
     try:
-        engine.submit(job)
-    except GenerationError as e:
+        for job in jobs:
+            engine.submit(job)
+            submitted.append(job)
+    except (GenerationError, QueueFull, EngineClosed) as e:
+        for job in submitted:  # all prompts of a request are served, or none
+            engine.cancel(job)
+        if isinstance(e, QueueFull):
+            raise APIError(429, str(e), code="server_busy") from None
+        if isinstance(e, EngineClosed):
+            raise APIError(503, str(e), code="shutting_down") from None
         code = "context_length_exceeded" if "context" in str(e) else None
         raise APIError(400, str(e), code=code) from None
-    except QueueFull as e:
-        raise APIError(429, str(e), code="server_busy") from None
-    except EngineClosed as e:
-        raise APIError(503, str(e), code="shutting_down") from None
     ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
     created = int(time.time())
+    n = jobs[0].n
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        stream = _sse(engine, job, events, ident, created, model, chat, include_usage, body.diffusing)
+        stream = _sse(engine, jobs, events, ident, created, model, chat, include_usage, body.diffusing, echo)
         return StreamingResponse(stream, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    collect = asyncio.ensure_future(_collect(events, job.n))
+    collect = asyncio.ensure_future(_collect(events, len(jobs), n))
     gone = asyncio.ensure_future(_until_disconnect(request))
     try:
         await asyncio.wait({collect, gone}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        if not collect.done():  # the client left (or the server is stopping): free the slot
-            engine.cancel(job)
+        if not collect.done():  # the client left (or the server is stopping): free the slots
+            for job in jobs:
+                engine.cancel(job)
             collect.cancel()
         gone.cancel()
     if collect.cancelled() or not collect.done():
         return JSONResponse(status_code=499, content=None)
     texts, finished, done, failed = collect.result()
     if failed is not None:
+        for job in jobs:
+            engine.cancel(job)
         raise APIError(failed.status, failed.message, code="internal_error" if failed.status == 500 else None)
     choices = []
-    for i in range(job.n):
+    for i in range(len(jobs) * n):
         f = finished.get(i)
         text = f.text if f else texts.get(i, "")
         reason = f.finish_reason if f else "length"
@@ -321,8 +463,11 @@ async def _serve(request: Request, engine: Engine, job: EngineRequest, body: Dec
                             "finish_reason": reason})
         else:
             choices.append({"index": i, "text": text, "logprobs": None, "finish_reason": reason})
-    return {"id": ident, "object": "chat.completion" if chat else "text_completion", "created": created,
-            "model": model, "choices": choices, "usage": _usage(done), "stats": done.stats}
+    result = {"id": ident, "object": "chat.completion" if chat else "text_completion", "created": created,
+              "model": model, "choices": choices, "usage": _usage(done), "stats": done.stats}
+    if finalize is not None:
+        finalize(result, finished)
+    return result
 
 
 def _usage(done: Done) -> dict:
@@ -330,17 +475,33 @@ def _usage(done: Done) -> dict:
             "total_tokens": done.prompt_tokens + done.completion_tokens, "nfe": done.nfe}
 
 
-async def _collect(events: asyncio.Queue, n: int):
+def _merge_done(dones: list[Done]) -> Done:
+    """One request's totals over its prompts: tokens add up; forward passes and time are the most
+    any prompt took (they ran side by side)."""
+    if len(dones) == 1:
+        return dones[0]
+    return Done(prompt_tokens=sum(d.prompt_tokens for d in dones), completion_tokens=sum(d.completion_tokens for d in dones),
+                nfe=max(d.nfe for d in dones), seconds=max(d.seconds for d in dones),
+                choices=sum(d.choices for d in dones), timed_out=any(d.timed_out for d in dones))
+
+
+async def _collect(events: asyncio.Queue, jobs: int, n: int):
+    """Texts and ``Finished`` events by choice index (``k * n + j``), the merged ``Done``, or the
+    first ``Failed``."""
     texts: dict[int, str] = {}
     finished: dict[int, Finished] = {}
+    dones: dict[int, Done] = {}
     while True:
-        event = await events.get()
+        k, event = await events.get()
         if isinstance(event, Delta):
-            texts[event.index] = texts.get(event.index, "") + event.text
+            i = k * n + event.index
+            texts[i] = texts.get(i, "") + event.text
         elif isinstance(event, Finished):
-            finished[event.index] = event
+            finished[k * n + event.index] = event
         elif isinstance(event, Done):
-            return texts, finished, event, None
+            dones[k] = event
+            if len(dones) == jobs:
+                return texts, finished, _merge_done([dones[i] for i in range(jobs)]), None
         elif isinstance(event, Failed):
             return texts, finished, None, event
 
@@ -356,13 +517,17 @@ def _frame(payload: dict) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
 
-async def _sse(engine: Engine, job: EngineRequest, events: asyncio.Queue, ident: str, created: int, model: str,
-               chat: bool, include_usage: bool, diffusing: bool):
+async def _sse(engine: Engine, jobs: list[EngineRequest], events: asyncio.Queue, ident: str, created: int,
+               model: str, chat: bool, include_usage: bool, diffusing: bool, echo: list[str] | None = None):
     """SSE frames: text chunks (append-only), draft frames when asked, finish frames with stats, the
-    usage chunk when asked, then ``data: [DONE]``.  Leaving early (client gone) cancels the request."""
+    usage chunk when asked, then ``data: [DONE]``.  Choice ``k * n + j`` is row ``j`` of job ``k``;
+    with ``echo`` each choice starts with its prompt's text.  Leaving early (client gone) cancels
+    every job."""
     kind = "chat.completion.chunk" if chat else "text_completion"
     started = time.monotonic()
     over = False
+    n = jobs[0].n
+    dones: dict[int, Done] = {}
 
     def chunk(index: int, text: str | None = None, finish: str | None = None, role: bool = False) -> dict:
         if chat:
@@ -374,40 +539,49 @@ async def _sse(engine: Engine, job: EngineRequest, events: asyncio.Queue, ident:
 
     try:
         if chat:
-            for i in range(job.n):
+            for i in range(len(jobs) * n):
                 yield _frame(chunk(i, role=True))
+        if echo:
+            for k, text in enumerate(echo):
+                for j in range(n):
+                    if text:
+                        yield _frame(chunk(k * n + j, text))
         while True:
             try:
-                event = await asyncio.wait_for(events.get(), timeout=PING_S)
+                k, event = await asyncio.wait_for(events.get(), timeout=PING_S)
             except asyncio.TimeoutError:
                 yield ": ping\n\n"
                 continue
             if isinstance(event, Delta):
-                yield _frame(chunk(event.index, event.text))
+                yield _frame(chunk(k * n + event.index, event.text))
             elif isinstance(event, Draft):
                 if diffusing:
-                    frame = chunk(event.index)
-                    frame["draft"] = {"index": event.index, "step": event.step, "block": event.block,
-                                      "tokens": event.tokens}
+                    index = k * n + event.index
+                    frame = chunk(index)
+                    frame["draft"] = {"index": index, "step": event.step, "block": event.block, "tokens": event.tokens}
                     yield _frame(frame)
             elif isinstance(event, Finished):
-                frame = chunk(event.index, finish=event.finish_reason)
+                frame = chunk(k * n + event.index, finish=event.finish_reason)
                 frame["stats"] = {"nfe": event.nfe, "generated_tokens": event.tokens,
                                   "seconds": round(time.monotonic() - started, 4),
                                   "tokens_per_forward": round(event.tokens / max(1, event.nfe), 4)}
                 yield _frame(frame)
             elif isinstance(event, Done):
+                dones[k] = event
+                if len(dones) < len(jobs):
+                    continue
                 over = True
                 if include_usage:
+                    total = _merge_done([dones[i] for i in range(len(jobs))])
                     yield _frame({"id": ident, "object": kind, "created": created, "model": model, "choices": [],
-                                  "usage": _usage(event)})
+                                  "usage": _usage(total)})
                 break
             elif isinstance(event, Failed):
-                over = True
                 yield _frame(error_body(event.status, event.message,
                                         code="internal_error" if event.status == 500 else None))
                 break
         yield "data: [DONE]\n\n"
     finally:
         if not over:
-            engine.cancel(job)
+            for job in jobs:
+                engine.cancel(job)

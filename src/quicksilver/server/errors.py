@@ -61,9 +61,47 @@ def _describe(error: dict) -> tuple[str, str | None]:
     return f"'{param}' {message}", param
 
 
+# pydantic names the member of a union (``str | list[str]``) as one more step of an error's location,
+# e.g. 'stop.str': these are the plain words for the members, so that one sentence names the field.
+_MEMBER_WORDS = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
+                 "dict": "an object", "none": "null"}
+
+
+def _is_member(step: str) -> bool:
+    return step in _MEMBER_WORDS or "[" in step or step[:1].isupper()
+
+
+def _member_words(tag: str) -> str:
+    if tag.startswith("list["):
+        return f"a list of {_member_words(tag[5:-1]).removeprefix('a ').removeprefix('an ')}s"
+    if tag in _MEMBER_WORDS:
+        return _MEMBER_WORDS[tag]
+    words = "".join(" " + c.lower() if c.isupper() else c for c in tag).strip()  # ContentPart -> content part
+    return f"a {words}" if tag.isidentifier() else "another shape"
+
+
+def _describe_union(errors: list[dict]) -> tuple[str, str] | None:
+    """One sentence for a value that matched no member of a union: the errors of the first field
+    whose locations differ only in their last step (the member)."""
+    locs = [[str(p) for p in e.get("loc", ()) if p != "body"] for e in errors]
+    first = locs[0]
+    if len(first) < 2 or errors[0].get("type") == "missing":
+        return None
+    field = first[:-1]
+    members = [loc[len(field)] for loc in locs if len(loc) > len(field) and loc[:len(field)] == field]
+    if len(set(members)) < 2 or not all(_is_member(m) for m in members):
+        return None
+    param = ".".join(field)
+    words = [_member_words(m) for m in dict.fromkeys(members)]
+    shapes = ", ".join(words[:-1]) + " or " + words[-1]
+    return f"'{param}' must be {shapes}", param
+
+
 async def validation_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
     errors = exc.errors()
-    message, param = _describe(errors[0]) if errors else ("the request is invalid", None)
+    if not errors:
+        return error_response(400, "the request is invalid")
+    message, param = _describe_union(list(errors)) or _describe(errors[0])
     return error_response(400, message, param)
 
 

@@ -4,7 +4,8 @@
   constant time); ``/health``, ``/version``, ``/metrics`` and the playground stay open.
 * Body: read here, at most ``max_body`` bytes (413 past it, whatever Content-Length claims), within
   ``body_timeout_s`` (408 otherwise, then the connection closes: a client that sends less than its
-  Content-Length cannot hold a connection open); a POST to ``/v1/*`` must be ``application/json``
+  Content-Length cannot hold a connection open); a POST to ``/v1/*`` (or to ``/tokenize``,
+  ``/detokenize``) must be ``application/json``
   (415) and valid UTF-8 (400).  The route then reads the
   buffered body, and later ``receive`` calls go to the client again, so a disconnect is still seen.
 """
@@ -15,6 +16,11 @@ import hmac
 import time
 
 from .errors import error_bytes
+
+# The tokenizer routes (tokenize_routes.py) take JSON bodies like /v1/*, but stay open without the API
+# key, as in vLLM: they reveal only the tokenizer, and lm-evaluation-harness probes /tokenizer_info
+# without credentials before it decides how to tokenize.
+JSON_ROUTES = ("/tokenize", "/detokenize")
 
 
 class RequestGuard:
@@ -65,7 +71,7 @@ class RequestGuard:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        if protected:
+        if protected or path in JSON_ROUTES:
             kind = headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip().lower()
             if kind != "application/json":
                 return await self._refuse(send, 415, "the request body must be JSON, sent with "

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, create_model, model_validator
 from pydantic_core import PydanticCustomError
 
 from ..prompting import text_problem
@@ -21,8 +21,18 @@ from ..prompting import text_problem
 from ..sampling.policy import FIELD_HELP
 from ..sampling.types import DecodePolicy
 
-MAX_STOPS = 4
+from .prompts import PROMPT_JSON_SCHEMA, check_prompt_shape
+
+# Evaluation harnesses pass a task's stop list and add end of text (lm-evaluation-harness: a task's
+# four stops become five), so the cap is well above OpenAI's 4.
+MAX_STOPS = 32
 MAX_STOP_CHARS = 128
+MAX_LOGPROBS = 20  # top alternatives per position (OpenAI allows 5, vLLM 20)
+
+# ``prompt`` of /v1/completions: every shape the OpenAI API allows (a string, a list of strings, a
+# list of token ids, a list of lists of token ids), checked by one function so that a wrong value is
+# reported in plain words ("'prompt' must be a string, ...") rather than one error per union member.
+Prompt = Annotated[Any, BeforeValidator(check_prompt_shape), WithJsonSchema(PROMPT_JSON_SCHEMA)]
 
 
 def _first_bad_text(value, path: str) -> tuple[str, str] | None:
@@ -51,6 +61,21 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class JsonSchemaSpec(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    name: str | None = Field(None, max_length=64)
+    description: str | None = None
+    schema_: dict | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """``{"type": "json_schema", "json_schema": {"name", "schema"}}``, ``{"type": "json_object"}`` or text."""
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaSpec | None = None
+
+
 class OpenAIFields(BaseModel):
     """Fields shared by both routes that OpenAI defines."""
     model_config = ConfigDict(extra="ignore", strict=True)
@@ -64,22 +89,24 @@ class OpenAIFields(BaseModel):
         return data
 
     model: str | None = Field(None, max_length=256)
-    max_tokens: int | None = Field(None, ge=1, le=2**31 - 1, description="Most tokens to generate.")
+    max_tokens: int | None = Field(None, ge=0, le=2**31 - 1, description="Most tokens to generate (0 only with echo).")
     temperature: float | None = Field(None, ge=0.0, le=2.0, description="0 is greedy (the default, unless a "
                                                                          "preset is named).")
     top_p: float | None = Field(None, gt=0.0, le=1.0, description="Nucleus sampling (default 1, unless a preset "
                                                                    "is named).")
     stop: str | list[str] | None = Field(None, description=f"Up to {MAX_STOPS} stop sequences.")
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
-    n: int = Field(1, ge=1, le=128, description="Choices to generate (the server caps it).")
+    n: int = Field(1, ge=1, description="Choices to generate per prompt (the server's --max-n caps it).")
     stream: bool = False
     stream_options: StreamOptions | None = None
-    logprobs: int | bool | None = Field(None, description="Not supported: must be null or false.")
+    logprobs: int | bool | None = Field(None, description=f"Completions: log-probabilities of the tokens and this many "
+                                        f"top alternatives (0 to {MAX_LOGPROBS}; autoregressive models only).")
     # -- Quicksilver's decoding -----------------------------------------------------------------------
     preset: str | None = Field(None, max_length=64, description="A preset or setting name, e.g. 'llada' or "
                                                                 "'dual-inc+thr0.7' (docs/serving.md); the "
                                                                 "fields below apply over it.")
     diffusing: bool = Field(False, description="With stream: also send whole-draft snapshots (the draft field).")
+    response_format: ResponseFormat | None = Field(None, description="Structured output (docs/control.md).")
 
 
 # Every other ``DecodePolicy`` field is a request field of the same name and type (optional: the
@@ -101,9 +128,11 @@ Decoding = create_model("Decoding", __base__=OpenAIFields, __doc__="Fields share
 
 
 class CompletionRequest(Decoding):
-    prompt: str | list[str] = Field(..., description="A string (or a list holding one string).")
+    prompt: Prompt = Field(..., description="A string, a list of strings, a list of token ids or a list of lists of "
+                                            "token ids; choice i * n + j belongs to prompt i.")
     suffix: str | None = Field(None, description="Fill in the middle: the text after the completion.")
-    echo: bool = False
+    echo: bool = Field(False, description="Return the prompt before the completion (with logprobs: its tokens "
+                                          "scored too; max_tokens 0 scores the prompt alone).")
 
 
 class ContentPart(BaseModel):
@@ -116,8 +145,40 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
     role: Literal["system", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
+    tool_calls: list[dict] | None = None  # an assistant turn that called tools (sent back by clients)
+    tool_call_id: str | None = None
+
+
+class ToolFunction(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str = Field(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = Field(None, max_length=4096)
+    parameters: dict | None = None
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["function"]
+    function: ToolFunction
 
 
 class ChatRequest(Decoding):
     messages: list[ChatMessage] = Field(..., min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1, le=2**31 - 1)
+    tools: list[Tool] | None = Field(None, max_length=64)
+    tool_choice: str | dict | None = Field(None, description='"none", "auto", "required" or a named function.')
+
+
+class EditSpan(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    start: int = Field(..., ge=0)
+    end: int = Field(..., ge=0)
+    max_tokens: int = Field(16, ge=1, le=4096)
+
+
+class EditRequest(Decoding):
+    """``/v1/edits``: regenerate ``spans`` of ``input`` (or its ``<|mask|>`` placeholders)."""
+    input: str = Field(..., max_length=200_000)
+    spans: list[EditSpan] | None = Field(None, max_length=64)
+    instruction: str | None = Field(None, max_length=20_000)

@@ -27,6 +27,7 @@
     suffix: $("suffix"), generate: $("generate"), stop: $("stop"), error: $("error"),
     status: $("status"), stepsCount: $("steps-count"), tokenCount: $("token-count"),
     tps: $("tokens-per-second"), tpf: $("tokens-per-step"), ttft: $("ttft"), canvas: $("canvas"),
+    schema: $("schema"), editBox: $("edit-box"), editLines: $("edit-lines"),
   };
 
   let modelId = null;
@@ -59,7 +60,33 @@
 
   function syncControls() {
     ui.threshold.disabled = ui.commit.value !== "threshold";
-    ui.suffix.disabled = ui.mode.value === "chat";
+    ui.suffix.disabled = ui.mode.value !== "completion";
+    ui.schema.disabled = ui.mode.value === "edit";
+    ui.editBox.hidden = ui.mode.value !== "edit";
+  }
+
+  // Character span of 1-based inclusive lines "L1:L2" (the last line's newline stays), or of the
+  // lines the textarea selection touches.
+  function lineSpan(text) {
+    const lines = text.split("\n");
+    let lo, hi;
+    const raw = ui.editLines.value.trim();
+    if (raw) {
+      const m = raw.match(/^(\d+)(?::(\d+))?$/);
+      if (!m) throw new Error("Lines to regenerate: write L1:L2, e.g. 2:3.");
+      lo = Number(m[1]); hi = Number(m[2] || m[1]);
+    } else {
+      const a = ui.prompt.selectionStart, b = ui.prompt.selectionEnd;
+      if (a === b) throw new Error("Choose lines to regenerate: select them in the text or write L1:L2.");
+      lo = text.slice(0, a).split("\n").length;
+      hi = text.slice(0, Math.max(a, b - 1)).split("\n").length;
+    }
+    if (lo < 1 || hi < lo || hi > lines.length) throw new Error(`Lines ${lo}:${hi} are outside the text (1 to ${lines.length}).`);
+    let start = 0;
+    for (let i = 0; i < lo - 1; i++) start += lines[i].length + 1;
+    let end = start;
+    for (let i = lo - 1; i < hi; i++) end += lines[i].length + (i < hi - 1 ? 1 : 0);
+    return { start, end };
   }
 
   function authHeaders() {
@@ -86,6 +113,7 @@
   // The request body; only the knobs the user set are sent, the rest is the model's default.
   function buildRequest() {
     const chat = ui.mode.value === "chat";
+    const edit = ui.mode.value === "edit";
     const body = {
       stream: true,
       max_tokens: intField(ui.maxTokens, "Max tokens"),
@@ -103,6 +131,19 @@
     const prompt = ui.prompt.value;
     if (!prompt.trim()) throw new Error("Write a prompt first.");
     let suffix = "";
+    if (edit) {
+      const { start, end } = lineSpan(prompt);
+      body.input = prompt;
+      body.spans = [{ start, end, max_tokens: body.max_tokens }];
+      delete body.max_tokens;
+      return { url: "/v1/edits", body, chat: false, edit: true, prompt: "", suffix: "" };
+    }
+    const schema = ui.schema.value.trim();
+    if (schema) {
+      let parsed;
+      try { parsed = JSON.parse(schema); } catch (e) { throw new Error(`The JSON schema is not JSON: ${e.message}`); }
+      body.response_format = { type: "json_schema", json_schema: { name: "playground", schema: parsed } };
+    }
     if (chat) {
       body.messages = [{ role: "user", content: prompt }];
     } else {
@@ -125,7 +166,7 @@
   // Lays out [prompt][generated region][suffix]; prompt and suffix are dim context (completion mode).
   function resetCanvas(req) {
     ui.canvas.textContent = "";
-    if (!req.chat) ui.canvas.append(span("ctx prompt", req.prompt));
+    if (!req.chat && !req.edit) ui.canvas.append(span("ctx prompt", req.prompt));
     const region = span("region", "");
     region.setAttribute("data-testid", "region");
     ui.canvas.append(region);
