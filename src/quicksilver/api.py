@@ -62,10 +62,14 @@ class LM:
         Dream their family's reference sampler (``FAMILY_DEFAULTS``); greedy left-to-right decoding for
         the AR twin, verified decoding when it ships a draft head (the same output as plain greedy
         decoding, token for token, sooner: drafts copied from earlier text, docs/benchmarks.md, "Verified
-        decoding").  ``preset="reference"`` is the reference sampler."""
+        decoding").  ``preset="reference"`` is the reference sampler.  A block-diffusion model
+        (``block_size``) decodes its own blocks with the exact cache (``sampling/block_causal.py``)."""
         if not self.is_diffusion and self.drafter is not None:
             return resolve_policy(diffusion=False, decoding="verified", draft_source=VERIFIED_DEFAULT_SOURCE)
-        return resolve_policy(FAMILY_DEFAULTS.get(self.model.config.family), diffusion=self.is_diffusion)
+        policy = resolve_policy(FAMILY_DEFAULTS.get(self.model.config.family), diffusion=self.is_diffusion)
+        if self.is_diffusion and self.model.config.block_size:
+            policy = dataclasses.replace(policy, block_length=self.model.config.block_size, cache="prefix")
+        return policy
 
     @property
     def vocab_size(self) -> int:
@@ -111,8 +115,9 @@ class LM:
     def infill_ids(self, prefix: list[int], suffix: list[int], policy: DecodePolicy,
                    on_step: Callable[[StepEvent], None] | None = None) -> TextResult:
         """Diffusion: the canvas ``[prefix | mask * max_new_tokens | suffix]`` through the block decoder.
-        AR twin: its prefix-suffix-middle prompt (``canvas.fim_prompt``) as a completion."""
-        if not self.is_diffusion:
+        AR twin: its prefix-suffix-middle prompt (``canvas.fim_prompt``) as a completion; so does a
+        block-diffusion model, which cannot see a suffix after its block and was trained on that format."""
+        if not self.is_diffusion or self.model.config.block_size:
             return self.generate_ids([self.fim_prompt(prefix, suffix)], policy, on_step)
         return self.fill_ids([Canvas.infill(prefix, policy.max_new_tokens, suffix)], policy, on_step)
 

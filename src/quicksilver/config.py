@@ -93,6 +93,10 @@ def config_problems(cfg: "ModelConfig") -> list[str]:
             problems.append("the attention head dimension must be even (rotary embedding)")
         if heads % kv:
             problems.append("num_attention_heads must be divisible by num_key_value_heads")
+    if not _is_int(cfg.block_size) or cfg.block_size < 0:
+        problems.append(f"block_size must be 0 (off) or a positive integer, got {_shown(cfg.block_size)}")
+    elif cfg.block_size and cfg.causal is True:
+        problems.append("block_size (block-causal attention) is for diffusion models; causal must be false")
     return problems
 
 
@@ -111,6 +115,10 @@ class ModelConfig:
     causal: bool = False
     # True when position i predicts token i+1 (AR models, and Dream-style adapted diffusion models).
     logits_shift: bool = False
+    # > 0: block diffusion (BD3-LM): block-causal attention, a position sees its own block of
+    # ``block_size`` positions and every block before it (blocks counted from rotary position 0), so
+    # the keys/values of finished blocks never change and a prefix cache is exact.  0: off.
+    block_size: int = 0
     attention_bias: bool = False
     # Apply the rotary embedding in float32 even when the model runs in bf16 (LLaDA's
     # rope_full_precision); by default it is applied in the model's dtype (Llama, Qwen2, ours).

@@ -131,3 +131,100 @@ def ar_loss(model, x: torch.Tensor, attention_mask: torch.Tensor | None = None) 
                          ignore_index=-100, reduction="sum")
     count = int((targets != -100).sum())
     return LossOutput(ce / max(count, 1), ce.detach(), count)
+
+
+# -- block diffusion (BD3-LM) ------------------------------------------------------------------
+def block_diffusion_layout(length: int, block: int, device=None) -> torch.Tensor:
+    """BD3-LM's training mask over the input [x_t ; x_0] of 2 x ``length`` positions, (1, 1, 2L, 2L).
+
+    Blocks are ``block`` positions counted from position 0 in each half.  A noisy query sees its own
+    noisy block (bidirectionally) and the *clean* blocks before it; a clean query sees the clean
+    blocks up to its own.  So the clean half computes exactly the keys/values a block-causal decoder
+    caches for finished blocks, and each noisy block sees what it sees while being decoded."""
+    idx = torch.arange(2 * length, device=device)
+    clean = idx >= length
+    blk = torch.div(idx % length, block, rounding_mode="floor")
+    cq, ck = clean[:, None], clean[None, :]
+    bq, bk = blk[:, None], blk[None, :]
+    own_noisy = ~cq & ~ck & (bq == bk)
+    noisy_sees_clean = ~cq & ck & (bq > bk)
+    clean_causal = cq & ck & (bq >= bk)
+    return (own_noisy | noisy_sees_clean | clean_causal)[None, None]
+
+
+def block_times(rows: int, blocks: int, generator: torch.Generator, row_offset: int = 0,
+                total_rows: int | None = None) -> torch.Tensor:
+    """One mask rate per block, (rows, blocks): antithetic over all blocks of the global batch
+    (``total_rows`` rows), of which rows ``row_offset`` onwards are returned."""
+    total = rows if total_rows is None else total_rows
+    t = sample_times(total * blocks, generator).view(total, blocks)
+    return t[row_offset:row_offset + rows]
+
+
+def block_masked_logits(model, x0: torch.Tensor, masked: torch.Tensor, mask_id: int, block: int) -> torch.Tensor:
+    """Logits (M, V) at the ``masked`` positions (in ``masked.nonzero()`` order) of a block-causal
+    model given x_t = x0 with ``masked`` replaced by the mask id: one pass over [x_t ; x_0] with
+    :func:`block_diffusion_layout`.  With ``logits_shift`` position j is read at j - 1 of the noisy
+    copy, a block's first position at the last position of the previous clean block (``masked``
+    must then exclude position 0)."""
+    b, n = x0.shape
+    device = x0.device
+    xt = torch.where(masked, torch.full_like(x0, mask_id), x0)
+    positions = torch.arange(n, device=device).repeat(2)[None, :].expand(b, 2 * n)
+    layout = block_diffusion_layout(n, block, device)
+    hidden = model.hidden_states(torch.cat([xt, x0], dim=1), positions=positions, layout=layout)
+    noisy, clean = hidden[:, :n], hidden[:, n:]
+    if getattr(model.config, "logits_shift", False):
+        first = (torch.arange(n, device=device) % block == 0)[None, :, None]
+        prev_noisy = torch.cat([noisy[:, :1], noisy[:, :-1]], dim=1)
+        prev_clean = torch.cat([clean[:, :1], clean[:, :-1]], dim=1)
+        noisy = torch.where(first, prev_clean, prev_noisy)
+    return model.head(noisy[masked]).float()
+
+
+def block_diffusion_loss(model, x0: torch.Tensor, mask_id: int, block: int, times: torch.Tensor,
+                         draws: torch.Tensor, maskable: torch.Tensor | None = None,
+                         certainty: float = 0.0, certainty_temperature: float = 0.5,
+                         weighting: str = "elbo") -> LossOutput:
+    """Block-diffusion NELBO (BD3-LM): every block is an MDLM conditioned on the clean blocks before it.
+
+    ``times`` (B, L / block): each block's mask rate; ``draws`` (B, L) uniforms (a position is
+    masked where draw < its block's rate, and ``maskable``).  One forward pass over [x_t ; x_0] with
+    :func:`block_diffusion_layout` trains all blocks at once.  With ``logits_shift`` position j is
+    predicted from position j - 1 of the noisy copy, except a block's first position, which is
+    predicted from the last position of the previous *clean* block (an AR prediction, what the
+    decoder has when the block starts); position 0 is then never masked.
+
+    ``weighting = "elbo"`` weights each masked CE by 1 / rate (the NELBO, normalised by B * L);
+    ``"mean"`` averages the CE over masked positions (distillation).  ``certainty`` > 0 adds
+    dParallel's certainty forcing (arXiv 2509.26488): that weight times the mean entropy of
+    softmax(logits / ``certainty_temperature``) over masked positions whose argmax is already the
+    target, so the model grows sure of what it gets right without being pushed toward wrong tokens.
+    """
+    b, n = x0.shape
+    if n % block:
+        raise ValueError(f"sequence length {n} is not a multiple of the block size {block}")
+    device = x0.device
+    p = times.to(device).repeat_interleave(block, dim=1)  # (B, L)
+    masked = draws.to(device) < p
+    if maskable is not None:
+        masked &= maskable.to(device)
+    if getattr(model.config, "logits_shift", False):
+        masked[:, 0] = False
+    logits = block_masked_logits(model, x0, masked, mask_id, block)
+    targets = x0[masked]
+    ce = F.cross_entropy(logits, targets, reduction="none")
+    count = int(masked.sum())
+    if weighting == "elbo":
+        total = (ce / p[masked]).sum()
+        loss, norm = total / (b * n), b * n
+    else:
+        total = ce.sum()
+        loss, norm = total / max(count, 1), count
+    if certainty > 0 and count:
+        right = logits.argmax(-1) == targets
+        if bool(right.any()):
+            logp = F.log_softmax(logits[right] / certainty_temperature, dim=-1)
+            entropy = -(logp.exp() * logp).sum(-1)
+            loss = loss + certainty * entropy.mean()
+    return LossOutput(loss, total.detach(), norm)

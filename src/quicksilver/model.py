@@ -134,27 +134,43 @@ class Block(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
+def block_causal_mask(positions: torch.Tensor, block_size: int, past_len: int) -> torch.Tensor:
+    """(B, 1, Lq, past_len + Lq): query i sees query j iff j's block (position // block_size) is not
+    after i's; every cached key is visible (a block-causal cache holds only finished, earlier blocks)."""
+    blocks = torch.div(positions, block_size, rounding_mode="floor")
+    mask = blocks[:, :, None] >= blocks[:, None, :]
+    if past_len:
+        mask = torch.cat([mask.new_ones(mask.shape[0], mask.shape[1], past_len), mask], dim=2)
+    return mask[:, None]
+
+
 def build_attention_mask(
     cfg: ModelConfig,
     query_len: int,
     past_len: int,
     attention_mask: torch.Tensor | None,
     device: torch.device,
+    positions: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor | None, bool]:
     """Boolean SDPA mask (B or 1, 1, Lq, Lk), True = may attend; or (None, is_causal) when no mask is needed.
 
     ``attention_mask`` is (B, past_len + query_len) with 1 for real tokens.  Padding *queries* are
     allowed to attend everywhere: their outputs are never used, and a row with no allowed key would
-    give NaN.
+    give NaN.  Block-causal models (``cfg.block_size``) read the queries' blocks from ``positions``.
     """
     key_len = past_len + query_len
-    if attention_mask is None:
+    block = getattr(cfg, "block_size", 0) and not cfg.causal
+    if attention_mask is None and not block:
         if not cfg.causal:
             return None, False
         if past_len == 0:
             return None, True
     mask = None
-    if cfg.causal:
+    if block:
+        if positions is None:
+            positions = torch.arange(past_len, key_len, device=device)[None, :]
+        mask = block_causal_mask(positions.to(device), cfg.block_size, past_len)
+    elif cfg.causal:
         q_idx = torch.arange(past_len, key_len, device=device)[:, None]
         k_idx = torch.arange(key_len, device=device)[None, :]
         mask = (k_idx <= q_idx)[None, None]  # (1, 1, Lq, Lk)
@@ -207,11 +223,14 @@ class Transformer(nn.Module):
         attention_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
         layer_outputs: list | None = None,
+        layout: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Final-norm hidden states (B, L, D); ``head`` turns any subset of them into logits.
 
         ``layer_outputs``, when given, receives every layer's output (the residual stream, before the
-        final norm): a draft head reads them as features of the tokens (``quicksilver.drafter``)."""
+        final norm): a draft head reads them as features of the tokens (``quicksilver.drafter``).
+        ``layout`` (bool, (B or 1, 1, L, L), True = may attend) replaces the model's own attention
+        rule for one call: training layouts such as block diffusion's [x_t ; x_0] (``diffusion.py``)."""
         b, n = input_ids.shape
         past = cache.length if cache is not None else 0
         # The mask may cover the cached keys and the new tokens, or only the new tokens (then the
@@ -228,7 +247,10 @@ class Transformer(nn.Module):
         x = self.embed_tokens(input_ids)
         rope_dtype = torch.float32 if self.config.rope_fp32 else x.dtype
         cos, sin = rotary_cos_sin(positions, self.config.head_dim, self.config.rope_theta, rope_dtype)
-        mask, is_causal = build_attention_mask(self.config, n, past, attention_mask, input_ids.device)
+        if layout is not None:
+            mask, is_causal = layout.to(input_ids.device), False
+        else:
+            mask, is_causal = build_attention_mask(self.config, n, past, attention_mask, input_ids.device, positions)
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, mask, is_causal, cache, i)
             if layer_outputs is not None:

@@ -1,4 +1,4 @@
-"""`quicksilver train` and `quicksilver export`."""
+"""`quicksilver train`, `quicksilver trajectories` (data for `objective = "distill"`) and `quicksilver export`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -38,6 +38,35 @@ def train(
     console.print(f"done: step {state['step']}, {state['tokens']:,} tokens, best validation loss "
                   f"{state['best_val']:.4f} nats/token at step {state['best_step']}; "
                   f"best checkpoint in {Path(run.train.out_dir) / 'best'}")
+
+
+@app.command()
+@user_errors
+def trajectories(
+    model: str = typer.Option("coder-tiny-ar", "--model", "-m", help="Source model: the AR twin or the block model itself."),
+    data: Path = typer.Option(Path("data/stdlib-8k"), help="Dataset folder; prompts are windows of its training split."),
+    out: Path = typer.Option(..., help="Trajectory file to write (.safetensors)."),
+    prompts: int = typer.Option(384, help="How many prompts."),
+    prompt_len: int = typer.Option(128, help="Prompt tokens (a multiple of the block model's block size)."),
+    gen_len: int = typer.Option(128, help="Tokens generated per prompt (prompt_len + gen_len = train.seq_len)."),
+    batch_size: int = typer.Option(8, help="Prompts decoded together."),
+    seed: int = typer.Option(0, help="Seed of the prompt windows."),
+    threads: int = typer.Option(1, help="torch threads."),
+):
+    """Decode training-split prompts greedily with a model and save them for `objective = "distill"`."""
+    import torch
+
+    from ..loading.checkpoint import load_model
+    from ..training.distill import make_trajectories
+
+    if min(prompts, prompt_len, gen_len, batch_size, threads) <= 0:
+        raise UserError("--prompts, --prompt-len, --gen-len, --batch-size and --threads must be positive")
+    torch.set_num_threads(threads)
+    net, tokenizer = load_model(model, device="cpu", dtype=torch.float32)
+    meta = make_trajectories(net, tokenizer, data, out, prompts, prompt_len, gen_len, batch_size, seed,
+                             source=model, log=lambda m: console.print(m, highlight=False))
+    console.print(f"wrote {out}: {meta['prompts']} trajectories, {meta['generated_tokens']:,} generated tokens "
+                  f"in {meta['seconds']} s")
 
 
 @app.command()

@@ -188,11 +188,12 @@ class LocalSystem:
     @torch.no_grad()
     def infill(self, pairs: list[tuple[str, str]], max_new_tokens: int, on_batch=None) -> list[Completion]:
         """Fill between each (prefix, suffix): natively for diffusion (masks between the two), through
-        the PSM fill-in-the-middle format for the AR twin."""
+        the PSM fill-in-the-middle format for the AR twin and block-diffusion models (which cannot see a
+        suffix after their block and were trained on that format)."""
         backend = self.backend
         available = self._context() - max_new_tokens - FIM_FRAME_TOKENS
         encoded = [fit_context(backend.encode(p), backend.encode(s), available) for p, s in pairs]
-        if self.causal:
+        if self.causal or self.model.config.block_size:
             prompts = [backend.fim_prompt(p, s) for p, s in encoded]
             return self._decode_batches(prompts, self.policy(max_new_tokens), on_batch)
         import time

@@ -27,6 +27,7 @@ current block while others do) are not run at all.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from . import rules
+from .block_causal import BlockCausalForward, block_aligned_positions
 from .canvas import Canvas, Span, completions
 from .forward import BlockForward, ContextCache
 from .rows import RowBook
@@ -69,6 +71,10 @@ class BlockDecoder:
 
     def __init__(self, model, policy: DecodePolicy) -> None:
         policy.validate()
+        # Block-diffusion models decode their own blocks, with an exact cache (block_causal.py).
+        exact = BlockCausalForward.for_model(model, policy)
+        if getattr(model.config, "block_size", 0):
+            policy = dataclasses.replace(policy, block_length=model.config.block_size)
         self.model, self.policy = model, policy
         cfg = self.cfg = model.config
         self.device = next(model.parameters()).device
@@ -82,7 +88,7 @@ class BlockDecoder:
         self.shift = 1 if cfg.logits_shift else 0
         self.book = RowBook(self.device, cfg.pad_token_id, self.mask_id, list(cfg.stop_ids), cfg.vocab_size,
                             min_lo=self.shift)
-        self.forward = BlockForward(model, policy.cache, policy.refresh)
+        self.forward = exact or BlockForward(model, policy.cache, policy.refresh)
         self.padded = False
         self.rows: torch.Tensor | None = None  # rows of the block being decoded; None between blocks
         self.hi = 0
@@ -147,6 +153,9 @@ class BlockDecoder:
             self.forward.new_block()
         handles = self.book.admit(canvases, self.policy.block_length, lambda sizes: block_plan(self.policy, sizes))
         self.forward.forget_prefix()  # the kept prefix does not cover the new rows: refresh in full
+        if getattr(self.cfg, "block_size", 0):  # blocks fall where training put them
+            self.book.positions = block_aligned_positions(self.book.attention, self.book.gen_start,
+                                                          self.cfg.block_size)
         self.padded = not bool(self.book.attention.all())
         return handles
 

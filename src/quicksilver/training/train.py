@@ -4,6 +4,11 @@ periodic validation, atomic checkpoints and exact resume.
 Everything random in a step (the batch, mask times, mask draws, FIM cuts) is drawn from generators
 seeded by (seed, step), so a run resumed from a checkpoint takes exactly the steps an
 uninterrupted run would have taken.
+
+Why about 550 lines: the run's configuration (``TrainConfig``, ``RunConfig``, ``load_run_config``) still
+sits here beside the loop that reads it; run checkpoints are already in ``resume.py``, the objectives'
+data and losses in ``sft.py``, ``distill.py`` and ``drafter.py``.  The configuration is the next piece
+to move (to ``training/run_config.py``); it stayed here while several branches edited it at once.
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ import torch
 from .adapt import init_from
 from ..config import ConfigError, ModelConfig
 from ..data.shards import ShardDataset
-from ..diffusion import ar_loss, diffusion_loss, fim_transform, sample_times
+from ..diffusion import ar_loss, block_diffusion_loss, block_times, diffusion_loss, fim_transform, sample_times
 from .distributed import (DistInfo, Objective, all_reduce_sum, barrier, full_model_state, full_optimizer_state,
                           load_optimizer_state, teardown, wrap)
 from .distributed import setup as dist_setup
@@ -36,9 +41,15 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
+OBJECTIVES = ("diffusion", "ar", "sft", "drafter", "block_diffusion", "distill")
+BLOCK_OBJECTIVES = ("block_diffusion", "distill")
+
+
 @dataclass
 class TrainConfig:
-    objective: str = "diffusion"  # "diffusion" or "ar"
+    # "diffusion", "ar", "sft", "block_diffusion" (BD3-LM; needs [model] block_size) or "distill"
+    # (certainty-forcing self-distillation on generated trajectories, ``distill.py``)
+    objective: str = "diffusion"
     data: str = "data/stdlib-8k"
     out_dir: str = "runs/default"
     seq_len: int = 256
@@ -61,7 +72,8 @@ class TrainConfig:
     threads: int = 0  # 0: leave torch's default
     dtype: str = "bf16"  # autocast dtype: "bf16" or "fp32"
     device: str = "auto"
-    fim_rate: float = 0.5  # AR only: share of sequences turned into fill-in-the-middle examples
+    # AR and block_diffusion: share of sequences turned into fill-in-the-middle (PSM) examples
+    fim_rate: float = 0.5
     time_limit_minutes: float = 0.0  # 0: no limit; otherwise stop (and checkpoint) after this long
     # "steps": warm-up and cosine decay over max_steps (exactly resumable).  "time": over
     # time_limit_minutes of training (for fixed wall-clock budgets, e.g. one GPU lease).
@@ -77,10 +89,17 @@ class TrainConfig:
     # objective = "sft": JSONL of {"prompt", "response"} or {"messages"}; the tokenizer is still
     # data's tokenizer.json (usually the one the initial model, init_from, was trained with).
     sft_data: str = ""
+    # objective = "distill": a trajectory file (``quicksilver trajectories``), prompts + targets.
+    distill_data: str = ""
+    # objective = "distill": weight of dParallel's certainty-forcing entropy term (0: plain CE).
+    certainty: float = 2.0
 
     def __post_init__(self) -> None:
-        if self.objective not in ("diffusion", "ar", "sft", "drafter"):
-            raise ConfigError("train.objective must be 'diffusion', 'ar', 'sft' or 'drafter'")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"train.objective must be one of {', '.join(repr(o) for o in OBJECTIVES)}")
+        if self.objective == "distill" and not self.distill_data:
+            raise ConfigError("train.objective = 'distill' needs train.distill_data (a file written by "
+                              "`quicksilver trajectories`)")
         if self.distributed not in ("ddp", "fsdp"):
             raise ConfigError("train.distributed must be 'ddp' or 'fsdp'")
         if self.objective == "sft" and not self.sft_data:
@@ -180,6 +199,9 @@ def step_loss(model, tokens: torch.Tensor, cfg: TrainConfig, mcfg: ModelConfig, 
     if cfg.objective == "sft":  # tokens is (ids, prompt lengths)
         b = tokens[0].shape[0]
         return sft_step_loss(model, tokens, gen, mcfg, b * rank, b * world_size)
+    if cfg.objective in BLOCK_OBJECTIVES:
+        rows = (tokens[0] if isinstance(tokens, tuple) else tokens).shape[0]
+        return block_step_loss(model, tokens, cfg, mcfg, gen, rows * rank, rows * world_size)
     b, n = tokens.shape
     total, first = b * world_size, b * rank
     if cfg.objective == "diffusion":
@@ -190,6 +212,22 @@ def step_loss(model, tokens: torch.Tensor, cfg: TrainConfig, mcfg: ModelConfig, 
         tokens = fim_transform(tokens, mcfg.fim_prefix_id, mcfg.fim_suffix_id, mcfg.fim_middle_id, gen,
                                cfg.fim_rate, row_offset=first, total_rows=total)
     return ar_loss(model, tokens)
+
+
+def block_step_loss(model, tokens, cfg: TrainConfig, mcfg: ModelConfig, gen: torch.Generator,
+                    first: int, total: int):
+    """Block diffusion (or distillation) loss on rows ``first``.. of a global batch of ``total`` rows,
+    every draw made for the whole global batch from ``gen``."""
+    if cfg.objective == "distill":  # tokens is (ids, prompt length)
+        from .distill import distill_loss
+        return distill_loss(model, tokens[0], tokens[1], mcfg, gen, first, total, cfg.certainty)
+    b, n = tokens.shape
+    if cfg.fim_rate > 0:  # as the AR twin was trained, so that the adapted model keeps infilling (PSM)
+        tokens = fim_transform(tokens, mcfg.fim_prefix_id, mcfg.fim_suffix_id, mcfg.fim_middle_id, gen,
+                               cfg.fim_rate, row_offset=first, total_rows=total)
+    times = block_times(b, n // mcfg.block_size, gen, first, total)
+    draws = torch.rand((total, n), generator=gen)[first:first + b]
+    return block_diffusion_loss(model, tokens, mcfg.mask_token_id, mcfg.block_size, times, draws)
 
 
 def _loss_terms(model, fn, *args) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -223,6 +261,12 @@ def validation_loss(model, batches: list, cfg: TrainConfig, mcfg: ModelConfig,
                 elif cfg.objective == "sft":
                     gen = torch.Generator().manual_seed(10_000 + i * 100 + s)
                     _, nll, tokens = call(_loss_terms, sft_batch_loss, batch, gen, mcfg, device)
+                elif cfg.objective in BLOCK_OBJECTIVES:
+                    gen = torch.Generator().manual_seed(10_000 + i * 100 + s)
+                    rows = batch[0].shape[0] if isinstance(batch, tuple) else batch.shape[0]
+                    held = batch if isinstance(batch, tuple) else batch.to(device)
+                    val_cfg = dataclasses.replace(cfg, certainty=0.0, fim_rate=0.0)  # the plain NELBO / CE
+                    _, nll, tokens = call(_loss_terms, block_step_loss, held, val_cfg, mcfg, gen, 0, rows)
                 else:
                     gen = torch.Generator().manual_seed(10_000 + i * 100 + s)
                     _, nll, tokens = call(_loss_terms, diffusion_loss, batch.to(device), mcfg.mask_token_id, gen)
@@ -262,6 +306,11 @@ def build_model(cfg: TrainConfig, mcfg: ModelConfig, tokenizer: Tokenizer, devic
 def run_model_config(cfg: TrainConfig, mcfg: ModelConfig, tokenizer: Tokenizer) -> ModelConfig:
     """``[model]`` completed from the tokenizer; the AR objective implies causal, shifted logits."""
     causal = cfg.objective == "ar"
+    if cfg.objective in BLOCK_OBJECTIVES:
+        if mcfg.block_size <= 0:
+            raise ConfigError(f"train.objective = '{cfg.objective}' needs [model] block_size > 0 (e.g. 8)")
+        if cfg.seq_len % mcfg.block_size:
+            raise ConfigError(f"train.seq_len = {cfg.seq_len} is not a multiple of model.block_size = {mcfg.block_size}")
     return dataclasses.replace(
         mcfg, vocab_size=tokenizer.vocab_size, causal=causal or mcfg.causal,
         logits_shift=causal or mcfg.logits_shift,
@@ -316,6 +365,13 @@ def _train(run: RunConfig, info: DistInfo, device: torch.device, resume: bool, p
             cfg.eval_batches, cfg.batch_size)
         log(f"SFT: {train_data.num_examples:,} training examples; {train_data.dropped:,} longer than "
             f"train.seq_len = {cfg.seq_len} dropped")
+    elif cfg.objective == "distill":
+        from .distill import TrajectoryDataset
+        train_data = TrajectoryDataset(cfg.distill_data, cfg.seq_len, "train", device)
+        val_batches = TrajectoryDataset(cfg.distill_data, cfg.seq_len, "val", device).fixed_batches(
+            cfg.eval_batches, cfg.batch_size)
+        log(f"distill: {len(train_data.rows):,} training trajectories, {train_data.prompt_len} prompt + "
+            f"{cfg.seq_len - train_data.prompt_len} target tokens each")
     else:
         train_data = ShardDataset(cfg.data, "train")
         val_batches = ShardDataset(cfg.data, "val").fixed_batches(cfg.eval_batches, cfg.batch_size, cfg.seq_len)
