@@ -40,7 +40,7 @@ def load_drafter_for(model, ar_name: str, drafter: str | None):
 
 def verified_fields(calls: list) -> dict:
     """Acceptance and per-round timing over the calls of one repeat (empty for other systems)."""
-    stats = [c.verified for c in calls if getattr(c, "verified", None) is not None]
+    stats = [c.verified for c in calls if c.verified is not None]
     if not stats:
         return {}
     accepted = [a for s in stats for a in s.accepted]

@@ -4,6 +4,11 @@ periodic validation, atomic checkpoints and exact resume.
 Everything random in a step (the batch, mask times, mask draws, FIM cuts) is drawn from generators
 seeded by (seed, step), so a run resumed from a checkpoint takes exactly the steps an
 uninterrupted run would have taken.
+
+Why about 550 lines: the run's configuration (``TrainConfig``, ``RunConfig``, ``load_run_config``) still
+sits here beside the loop that reads it; run checkpoints are already in ``resume.py``, the objectives'
+data and losses in ``sft.py``, ``distill.py`` and ``drafter.py``.  The configuration is the next piece
+to move (to ``training/run_config.py``); it stayed here while several branches edited it at once.
 """
 from __future__ import annotations
 
