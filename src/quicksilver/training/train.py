@@ -1,14 +1,13 @@
-"""The training loop: diffusion or AR objective, AdamW with warm-up and cosine decay, bf16 autocast,
+"""The training loop: the objective (diffusion, AR, SFT, drafter, block diffusion, distillation), AdamW with warm-up and cosine decay, bf16 autocast,
 periodic validation, atomic checkpoints and exact resume.
 
 Everything random in a step (the batch, mask times, mask draws, FIM cuts) is drawn from generators
 seeded by (seed, step), so a run resumed from a checkpoint takes exactly the steps an
 uninterrupted run would have taken.
 
-Why about 550 lines: the run's configuration (``TrainConfig``, ``RunConfig``, ``load_run_config``) still
-sits here beside the loop that reads it; run checkpoints are already in ``resume.py``, the objectives'
-data and losses in ``sft.py``, ``distill.py`` and ``drafter.py``.  The configuration is the next piece
-to move (to ``training/run_config.py``); it stayed here while several branches edited it at once.
+The run's configuration (``TrainConfig``, ``RunConfig``, ``load_run_config``) is in ``run_config.py``,
+run checkpoints in ``resume.py``, the objectives' data and losses in ``sft.py``, ``distill.py`` and
+``drafter.py``; this module keeps the loop.
 """
 from __future__ import annotations
 
