@@ -1,5 +1,6 @@
-"""The training loop: the objective (diffusion, AR, SFT, drafter, block diffusion, distillation), AdamW with warm-up and cosine decay, bf16 autocast,
-periodic validation, atomic checkpoints and exact resume.
+"""The training loop: the objective (diffusion, AR, SFT, drafter, block diffusion, distillation),
+AdamW with warm-up and cosine decay, bf16 autocast, periodic validation, atomic checkpoints and
+exact resume.
 
 Everything random in a step (the batch, mask times, mask draws, FIM cuts) is drawn from generators
 seeded by (seed, step), so a run resumed from a checkpoint takes exactly the steps an
