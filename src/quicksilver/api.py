@@ -16,11 +16,11 @@ from .model import Transformer
 from .sampling import Canvas, DecodePolicy, GenerationError, StepEvent, TextResult, fill, generate, resolve_policy
 from .sampling.canvas import fim_prompt
 from .sampling.policy import FAMILY_DEFAULTS
-from .tokenizer import Tokenizer
+from .tokenizer import Tokenizer, TokenizerText
 
 
 @dataclass
-class LM:
+class LM(TokenizerText):
     """A loaded model with its tokenizer; ``generate`` takes text and returns text plus stats."""
     model: Transformer
     tokenizer: Tokenizer
@@ -85,22 +85,6 @@ class LM:
         from .sampling.logprobs import ar_token_scores
 
         return ar_token_scores(self.model, list(ids), top)
-
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text)
-
-    def encode_literal(self, text: str) -> list[int]:  # optional for a Backend: special tokens as text
-        return self.tokenizer.encode_literal(text)
-
-    @property
-    def special_texts(self) -> list[str]:
-        return self.tokenizer.special_texts
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(ids)
-
-    def token_text(self, token_id: int) -> str:
-        return self.tokenizer.token_text(token_id)
 
     def render_chat(self, messages: Sequence[Mapping]) -> str:
         if self.chat_template is None and hasattr(self.tokenizer, "render_chat"):

@@ -228,3 +228,24 @@ class ExternalTokenizer(_Decoding):
         from .chat import render_chat
         specials = {k: v for k, v in (("bos_token", self.bos_token), ("eos_token", self.eos_token)) if v}
         return render_chat(messages, self.chat_template, add_generation_prompt, **specials)
+
+
+class TokenizerText:
+    """The text side of a ``Backend`` that holds a ``tokenizer``: the same delegations for every
+    backend (Quicksilver's ``api.LM`` and DiffusionGemma's), written once."""
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text)
+
+    def encode_literal(self, text: str) -> list[int]:  # special tokens typed by a user stay text
+        return self.tokenizer.encode_literal(text)
+
+    @property
+    def special_texts(self) -> list[str]:
+        return self.tokenizer.special_texts
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode(ids)
+
+    def token_text(self, token_id: int) -> str:
+        return self.tokenizer.token_text(token_id)

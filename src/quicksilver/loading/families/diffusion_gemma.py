@@ -30,7 +30,7 @@ from ..layout import CheckpointError
 from ...sampling import DecodePolicy, GenerationError, StepEvent, TextResult
 from ...sampling.batch import left_pad
 from ...sampling.stops import cut_at_eos
-from ...tokenizer import ExternalTokenizer, TokenizerError
+from ...tokenizer import ExternalTokenizer, TokenizerError, TokenizerText
 
 NO_TOKEN = -1  # the canvas has no mask token: positions not yet accepted are shown as -1
 DEFAULT_STEPS = 48
@@ -114,7 +114,7 @@ class _StepStreamer:
         pass
 
 
-class DiffusionGemmaBackend:
+class DiffusionGemmaBackend(TokenizerText):
     """A DiffusionGemma model (transformers) and its tokenizer, served like any Quicksilver model."""
 
     is_diffusion = True
@@ -168,22 +168,6 @@ class DiffusionGemmaBackend:
         return cls.from_model(model, tokenizer, name or folder.name)
 
     # -- text -----------------------------------------------------------------------------------
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text)
-
-    def encode_literal(self, text: str) -> list[int]:  # special tokens typed by a user stay text
-        return self.tokenizer.encode_literal(text)
-
-    @property
-    def special_texts(self) -> list[str]:
-        return self.tokenizer.special_texts
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(ids)
-
-    def token_text(self, token_id: int) -> str:
-        return self.tokenizer.token_text(token_id)
-
     def render_chat(self, messages: Sequence[Mapping]) -> str:
         return self.tokenizer.render_chat(messages)
 
