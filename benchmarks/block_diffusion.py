@@ -38,9 +38,11 @@ from quicksilver.eval.genquality import generative_perplexity, unigram_entropy
 from quicksilver.sampling import DecodePolicy
 
 
-def policy_for(model, threshold: float, max_new_tokens: int) -> DecodePolicy:
+def policy_for(model, threshold: float, max_new_tokens: int, rule: str = "threshold") -> DecodePolicy:
+    """Block models: the exact block-causal cache with ``rule`` (threshold, or ordered: left to right);
+    the bidirectional model: its fastest confidence-driven setting."""
     if getattr(model.config, "block_size", 0):
-        return DecodePolicy(max_new_tokens=max_new_tokens, block_length=model.config.block_size, commit="threshold",
+        return DecodePolicy(max_new_tokens=max_new_tokens, block_length=model.config.block_size, commit=rule,
                             threshold=threshold, cache="prefix",
                             early_stop=True)
     return DecodePolicy(max_new_tokens=max_new_tokens, block_length=32, commit="threshold", threshold=threshold,
@@ -93,12 +95,13 @@ def bits_per_byte(model, data, windows, samples) -> dict:
     return run_ppl(system, data, seq_len=256, windows=windows, samples=samples, batch_size=16)
 
 
-def infill(name, model, tokenizer, threshold, limit) -> dict:
+def infill(name, model, tokenizer, threshold, limit, rule="threshold") -> dict:
     from quicksilver.eval.infill import run_infill
     from quicksilver.eval.systems import LocalSystem
 
     cache = "prefix" if getattr(model.config, "block_size", 0) else "dual"
-    system = LocalSystem(name, model, tokenizer, f"threshold:{threshold}", 32, cache, batch_size=1)
+    setting = f"ord{threshold}" if rule == "ordered" and cache == "prefix" else f"thr{threshold}"
+    system = LocalSystem(name, model, tokenizer, setting, 32, cache, batch_size=1)
     result = run_infill(system, "single-line", limit=limit, workers=1)
     return {k: result[k] for k in ("tasks", "exact_match", "pass_rate", "budget")} | {
         "tokens_per_forward": system.usage.tokens_per_forward}
@@ -120,6 +123,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ppl-samples", type=int, default=4)
     ap.add_argument("--infill-limit", type=int, default=None, help="single-line tasks (default: all 1,033)")
     ap.add_argument("--infill-threshold", type=float, default=0.9)
+    ap.add_argument("--rule", choices=["threshold", "ordered"], default="threshold",
+                    help="block models' commit rule (ordered: left to right while above the threshold); "
+                         "the entry is named 'MODEL [ordered]'")
     ap.add_argument("--skip", action="append", default=[], choices=["speed", "ppl", "infill"],
                     help="leave out a part (e.g. run speed and ppl/infill as two processes)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/block"))
@@ -164,27 +170,29 @@ def main(argv=None) -> int:
     class _TwinRow:
         completions = result["twin"]["completions"]
 
-    for name in args.model:
+    for path_name in args.model:
+        model, _ = load_model(path_name, dtype=torch.float32)
+        block = getattr(model.config, "block_size", 0)
+        name = f"{path_name} [ordered]" if block and args.rule == "ordered" else path_name
         if name in result["models"]:
             log(f"{name}: already measured (--resume)")
             continue
-        model, _ = load_model(name, dtype=torch.float32)
         entry = {"block_size": getattr(model.config, "block_size", 0), "settings": []}
         thresholds_here = [] if "speed" in args.skip else thresholds
-        if thresholds_here:
-            log(f"{name}: the twin right before it")
-            twin_rows = speed_rows(args.ar_model, twin_run, prompt_ids, prompts, tokenizer, batches, args.repeats,
-                                   "fp32", "KV cache", log)
-            entry["twin_speed"] = {r.batch: r.tokens_per_second for r in twin_rows}
         for tau in thresholds_here:
-            policy = policy_for(model, tau, args.max_new_tokens)
+            policy = policy_for(model, tau, args.max_new_tokens, args.rule)
             use = [b for b in batches if b == 1 or tau in batch_thresholds]
+            # The twin is timed right before each setting, at the same batch sizes: x AR compares two
+            # adjacent measurements, so load drifting over a long run does not enter the ratio.
+            twin_rows = speed_rows(args.ar_model, twin_run, prompt_ids, prompts, tokenizer, use, args.repeats,
+                                   "fp32", "KV cache", log)
+            twin_speed = {r.batch: r.tokens_per_second for r in twin_rows}
             rows = speed_rows(name, diffusion_runner(model, policy), prompt_ids, prompts, tokenizer, use,
                               args.repeats, "fp32", policy.describe(), log)
-            setting = {"threshold": tau, "policy": policy.describe(), "speed": {}}
+            setting = {"threshold": tau, "policy": policy.describe(), "speed": {}, "twin_speed": twin_speed}
             for r in rows:
                 setting["speed"][r.batch] = {"tokens_per_second": r.tokens_per_second,
-                                             "x_ar": r.tokens_per_second / entry["twin_speed"][r.batch],
+                                             "x_ar": r.tokens_per_second / twin_speed[r.batch],
                                              "tokens_per_forward": r.tokens_per_forward,
                                              "ms_per_forward": r.ms_per_forward, "seconds_all": r.seconds_all}
             setting["quality"] = quality(rows[0], _TwinRow, twin, prompt_ids)
@@ -197,7 +205,7 @@ def main(argv=None) -> int:
             entry["ppl"] = bits_per_byte(model, args.data, args.ppl_windows, args.ppl_samples)
             log(f"  bits/byte {entry['ppl']['bits_per_byte']:.3f}")
         if "infill" not in args.skip:
-            entry["infill"] = infill(name, model, tokenizer, args.infill_threshold, args.infill_limit)
+            entry["infill"] = infill(name, model, tokenizer, args.infill_threshold, args.infill_limit, args.rule)
             log(f"  infill: {entry['infill']}")
         result["models"][name] = entry
         save()
@@ -220,11 +228,11 @@ def write_report(result: dict, out: Path) -> None:
              f"Machine: {result['machine'].get('cpu', '')}; {result['prompts']} HumanEval prompts, "
              f"{result['max_new_tokens']} new tokens, greedy, fp32, one thread.", "",
              "| model | threshold | tok/fwd b1 | tok/s b1 | x AR b1 | tok/fwd b8 | tok/s b8 | x AR b8 | gen PPL (twin) | "
-             "unigram H | same first line as twin | common prefix (chars) | parse |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "unigram H | same body as twin | same first line as twin | common prefix (chars) | parse |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     tq = twin
     lines.append(f"| twin (AR) | — | 1.00 | — | 1.00 | 1.00 | — | 1.00 | {tq['gen_ppl']:.2f} | "
-                 f"{tq['unigram_entropy']:.2f} | 100% | all | {tq['parse']:.0%} |")
+                 f"{tq['unigram_entropy']:.2f} | 100% | 100% | all | {tq['parse']:.0%} |")
     for name, entry in result["models"].items():
         for s in entry["settings"]:
             b1, b8 = s["speed"].get("1") or s["speed"].get(1), s["speed"].get("8") or s["speed"].get(8)
@@ -233,7 +241,8 @@ def write_report(result: dict, out: Path) -> None:
                      if b8 else "— | — | —")
             lines.append(f"| {name} | {s['threshold']:g} | {b1['tokens_per_forward']:.2f} | "
                          f"{b1['tokens_per_second']:.0f} | {b1['x_ar']:.2f} | {cell8} | {q['gen_ppl']:.2f} | "
-                         f"{q['unigram_entropy']:.2f} | {_pct(q.get('same_first_line_as_twin'))} | "
+                         f"{q['unigram_entropy']:.2f} | {_pct(q.get('same_body_as_twin'))} | "
+                         f"{_pct(q.get('same_first_line_as_twin'))} | "
                          f"{_num(q.get('common_prefix_chars'))} | {q['parse']:.0%} |")
     lines += ["", "| model | bits/byte (val) | nats/token | single-line infill exact match | infill pass | tasks |",
               "|---|---|---|---|---|---|"]
@@ -253,14 +262,16 @@ def plot(result: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 5.5))
     twin = result["twin"]
     ax.scatter([1.0], [twin["gen_ppl"]], color="tab:red", marker="*", s=160, label="AR twin", zorder=3)
-    for (name, entry), colour in zip(result["models"].items(), ["tab:blue", "tab:green", "tab:purple", "tab:orange"]):
+    colours = plt.get_cmap("tab10").colors
+    for i, (name, entry) in enumerate(result["models"].items()):
+        colour = colours[(i + 1) % len(colours)]
         xs, ys = [], []
         for s in entry["settings"]:
             b1 = s["speed"].get("1") or s["speed"].get(1)
             xs.append(b1["x_ar"])
             ys.append(s["quality"]["gen_ppl"])
             ax.annotate(f"{s['threshold']:g}", (xs[-1], ys[-1]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        ax.plot(xs, ys, "o-", color=colour, label=Path(name).parent.name if name.endswith("best") else name)
+        ax.plot(xs, ys, "o-", color=colour, label=name.replace("runs/", "").replace("/best", ""))
     ax.axvline(2.0, color="grey", ls=":", lw=1)
     ax.axhline(twin["gen_ppl"] * 1.05, color="grey", ls="--", lw=1, label="twin + 5%")
     ax.set_xlabel("tokens/s relative to the AR twin, batch 1 (labels: confidence threshold)")

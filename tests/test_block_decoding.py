@@ -28,6 +28,7 @@ def policy(**kw):
 
 @pytest.mark.parametrize("shift", [False, True])
 @pytest.mark.parametrize("rule", [dict(commit="threshold", threshold=0.5), dict(commit="fixed", steps=7),
+                                  dict(commit="ordered", threshold=0.5),
                                   dict(commit="factor", factor=2.0), dict(commit="entropy", entropy_bound=1.0),
                                   dict(commit="fixed", steps=14, schedule="dream", score="margin")])
 def test_cached_block_decoding_equals_uncached_token_for_token(shift, rule):
@@ -115,3 +116,19 @@ def test_rows_that_join_later_decode_what_they_would_alone(cache):
     for handle, prompt, budget in ((first, PROMPTS[0], 16), (second, PROMPTS[1], 12), (third, PROMPTS[2], 8)):
         alone = generate(m, [prompt], dataclasses.replace(pol, max_new_tokens=budget))
         assert decoder.result(handle)[0] == alone.ids[0], handle
+
+
+def test_ordered_rule_never_commits_right_of_a_masked_position():
+    """commit="ordered": after every pass the committed positions are a left-aligned run (per row)."""
+    m = block_model(shift=True)
+    for threshold, passes in ((1.0, lambda nfe: nfe == 14), (0.3, lambda nfe: nfe < 14)):
+        events = []
+        result = generate(m, PROMPTS, policy(cache="prefix", commit="ordered", threshold=threshold),
+                          on_step=events.append)
+        assert passes(result.nfe)
+        done = torch.zeros_like(events[0].committed)
+        for event in events:  # ``committed``: the positions this pass committed
+            done |= event.committed
+            # left-aligned: once a position is masked, nothing after it is committed
+            assert torch.equal(done.long(), done.long().cumprod(dim=-1))
+        assert done.all()

@@ -40,6 +40,21 @@ def test_threshold_commits_best_plus_everything_above():
     assert chosen.tolist() == [[False, False, True, False], [False, False, False, False]]
 
 
+def test_ordered_rule_commits_the_leftmost_then_the_run_above_threshold():
+    scores = torch.tensor([[0.2, 0.95, 0.97, 0.1, 0.99], [0.95, 0.92, 0.5, 0.99, 0.99], [0.1, 0.1, 0.1, 0.1, 0.1]])
+    cand = torch.tensor([[True] * 5, [False, True, True, True, True], [False] * 5])
+    chosen = rules.commit_ordered(scores, cand, 0.9)
+    # Row 0: the leftmost even below the threshold, then the sure run after it, up to the first unsure one.
+    # Row 1: position 0 is already committed (not a candidate): the run starts at 1 and stops before 2.
+    # Row 2: no candidates, nothing committed.
+    assert chosen.tolist() == [[True, True, True, False, False], [False, True, False, False, False], [False] * 5]
+    # A committed position inside the run does not break it; at threshold 1.0 only the leftmost goes.
+    cand2 = torch.tensor([[True, True, False, True, True]])
+    assert rules.commit_ordered(torch.tensor([[0.0, 0.95, 0.0, 0.96, 0.5]]), cand2, 0.9).tolist() == \
+        [[True, True, False, True, False]]
+    assert rules.commit_ordered(torch.ones(1, 5), cand2, 1.0).tolist() == [[True, False, False, False, False]]
+
+
 def test_factor_rule_takes_the_longest_accepted_prefix_of_ranks():
     # Sorted: 0.99, 0.8, 0.7, 0.1 -> (k+1)(1-c): 0.02, 0.6, 1.2, 4.5
     probs = torch.tensor([[0.7, 0.99, 0.1, 0.8]])

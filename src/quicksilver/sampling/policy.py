@@ -107,11 +107,12 @@ FIELD_HELP: dict[str, str] = {
     "top_p": "Nucleus sampling threshold (1: off).",
     "seed": "Random seed for sampling at temperature > 0.",
     "stop_at_eos": "End a row (or span) at end of text.",
-    "commit": "Diffusion commit rule: fixed (the reference schedule), threshold, factor or entropy.",
+    "commit": "Diffusion commit rule: fixed (the reference schedule), threshold, ordered (left to right while "
+              "above the threshold), factor or entropy.",
     "score": "How positions are ranked: probability, margin or entropy.",
     "schedule": "How the fixed rule shares a block out over its steps: linear (LLaDA) or dream.",
     "score_tempered": "Rank positions on the tempered distribution (Dream).",
-    "threshold": "Threshold rule: commit every position scored above this (0 to 1).",
+    "threshold": "Threshold and ordered rules: commit positions scored above this (0 to 1).",
     "factor": "Factor rule: Fast-dLLM's factor.",
     "entropy_bound": "Entropy rule: summed entropy (nats) committed per step.",
     "cache": "Diffusion KV cache: none, prefix or dual.",
@@ -133,11 +134,12 @@ FIELD_HELP: dict[str, str] = {
 # -- settings ----------------------------------------------------------------------------------------
 _RULES = {"fixed": ("tokens_per_step", {}), "thr": ("threshold", dict(commit="threshold")),
           "margin": ("threshold", dict(commit="threshold", score="margin")),
+          "ord": ("threshold", dict(commit="ordered")),
           "factor": ("factor", dict(commit="factor")), "entropy": ("entropy_bound", dict(commit="entropy"))}
 _OLD_RULES = {"fixed": "fixed", "threshold": "thr", "factor": "factor", "entropy": "entropy"}
-_DEFAULT_NUMBER = {"thr": 0.9, "margin": 0.5, "factor": 1.0, "entropy": 0.5}
+_DEFAULT_NUMBER = {"thr": 0.9, "ord": 0.9, "margin": 0.5, "factor": 1.0, "entropy": 0.5}
 _SETTING = re.compile(r"^(?:(none|prefix|dual)(-inc)?(?:-w(\d+))?(?:-b(\d+))?(?:\+(?=.)|$))?"
-                      r"(?:(fixed|thr|margin|factor|entropy)([0-9.]*))?$")
+                      r"(?:(fixed|thr|ord|margin|factor|entropy)([0-9.]*))?$")
 
 
 def setting_fields(name: str) -> dict:
@@ -197,7 +199,7 @@ def resolve_policy(name: str | None = None, *, base: DecodePolicy | None = None,
     else:
         fields.update(PRESETS[DEFAULT_PRESET])
     base_commit = fields.get("commit", DecodePolicy.commit)
-    if "steps" in given and "commit" not in given and base_commit in ("threshold", "factor"):
+    if "steps" in given and "commit" not in given and base_commit in ("threshold", "ordered", "factor"):
         given["commit"] = "fixed"  # these rules ignore a step count: asking for one means the fixed rule
     fields.update(given)
     if not diffusion:

@@ -135,6 +135,22 @@ def commit_threshold(scores: torch.Tensor, candidates: torch.Tensor, threshold: 
     return commit_top(scores, candidates, counts)
 
 
+def commit_ordered(scores: torch.Tensor, candidates: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Left to right: the leftmost candidate, then each following candidate while every candidate up to
+    it scores strictly above ``threshold`` (positions already committed do not break the run).
+
+    For a block model with token shift the leftmost masked position is predicted from clean text only,
+    exactly as the AR twin would predict it, so this rule keeps the twin's order and commits more than
+    one token only where the model is sure of a whole run (semi-autoregressive acceptance).
+    """
+    ok = (scores > threshold) | ~candidates
+    first = torch.where(candidates.any(-1), candidates.float().argmax(-1), torch.full_like(candidates[:, 0], -1,
+                                                                                           dtype=torch.long))
+    rows = torch.nonzero(first >= 0).flatten()
+    ok[rows, first[rows]] = True
+    return ok.long().cumprod(dim=-1).bool() & candidates
+
+
 def commit_factor(probs: torch.Tensor, candidates: torch.Tensor, factor: float) -> torch.Tensor:
     """Fast-dLLM's factor rule on confidences ``probs`` (in [0, 1]): with candidates sorted by
     confidence, c_1 >= c_2 >= ..., commit the longest prefix n such that (k + 1)(1 - c_k) <= factor

@@ -61,6 +61,8 @@ def choose(policy: DecodePolicy, logits: torch.Tensor, proposal: torch.Tensor, m
         return rules.commit_top(scores, masked, counts)
     if policy.commit == "threshold":
         return rules.commit_threshold(scores, masked, policy.threshold)
+    if policy.commit == "ordered":
+        return rules.commit_ordered(scores, masked, policy.threshold)
     return rules.commit_factor(scores, masked, policy.factor)
 
 

@@ -9,7 +9,7 @@ import torch
 
 # The enumerated fields of ``DecodePolicy``: the Literal types are what the server's request schema
 # and the CLI are generated from; the tuples are what ``validate`` checks.
-Commit = Literal["fixed", "threshold", "factor", "entropy"]
+Commit = Literal["fixed", "threshold", "ordered", "factor", "entropy"]
 Score = Literal["probability", "margin", "entropy"]
 Schedule = Literal["linear", "dream"]
 CacheMode = Literal["none", "prefix", "dual"]
@@ -43,6 +43,8 @@ class DecodePolicy:
     # How many masked positions of the block to commit per step:
     #   "fixed": the linear schedule from ``steps`` (the reference);
     #   "threshold": the best position plus every other whose score is above ``threshold``;
+    #   "ordered": left to right, the leftmost masked position plus the run after it scored above
+    #   ``threshold`` (semi-autoregressive: a block model keeps its AR twin's order);
     #   "factor": Fast-dLLM's factor rule, the longest run of ranks k with (k + 1)(1 - p_k) <= ``factor``;
     #   "entropy": lowest-entropy positions while their summed entropy stays <= ``entropy_bound``.
     # The rules other than "fixed" always commit at least one position and ignore ``steps``.
