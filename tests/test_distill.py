@@ -107,3 +107,36 @@ def test_distill_needs_a_trajectory_file(tmp_path, tiny_dataset):
     path = write_config(tmp_path, tiny_dataset, objective="distill", steps=2)
     with pytest.raises(ConfigError, match="distill_data"):
         load_run_config(path)
+
+
+@pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
+def test_suffix_share_masks_that_share_of_blocks_from_a_cut_to_their_end(monkeypatch, share):
+    """suffix_share = 1: every block of the completion is masked from some offset to its end (the states a
+    left-to-right decoder visits); 0: dParallel's random masks (almost never all suffixes); in between,
+    both kinds.  The prompt is never masked."""
+    import quicksilver.diffusion as diffusion
+    from quicksilver.config import ModelConfig
+    from quicksilver.training.distill import distill_loss
+
+    seen = []
+    real = diffusion.block_masked_logits
+    monkeypatch.setattr(diffusion, "block_masked_logits",
+                        lambda model, x0, masked, *a: seen.append(masked.clone()) or real(model, x0, masked, *a))
+    cfg = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                      num_key_value_heads=2, max_position_embeddings=64, causal=False, block_size=4,
+                      logits_shift=True, mask_token_id=1, eos_token_id=0, pad_token_id=2)
+    model = Transformer(cfg)
+    model.reset_parameters(seed=0)
+    ids = torch.randint(6, 64, (16, 32))
+    distill_loss(model, ids, 8, cfg, torch.Generator().manual_seed(0), 0, 16, 0.0, suffix_share=share)
+    blocks = seen[0].view(16, 8, 4)
+    assert not blocks[:, :2].any()  # the 8-token prompt
+    gen_blocks = blocks[:, 2:].long()
+    is_suffix = (gen_blocks == gen_blocks.cummax(dim=-1).values).all(-1) & gen_blocks[..., -1].bool()
+    share_seen = float(is_suffix.float().mean())
+    if share == 1.0:
+        assert share_seen == 1.0
+    elif share == 0.0:
+        assert share_seen < 0.6  # random masks are a suffix only by chance
+    else:
+        assert 0.5 < share_seen < 1.0

@@ -106,14 +106,27 @@ class TrajectoryDataset:
 
 
 def distill_loss(model, ids: torch.Tensor, prompt_len: int, mcfg: ModelConfig, gen: torch.Generator,
-                 first: int, total: int, certainty: float) -> LossOutput:
+                 first: int, total: int, certainty: float, suffix_share: float = 0.0) -> LossOutput:
     """Mean masked CE toward the trajectory + ``certainty`` x certainty forcing, rows ``first``.. of a
-    global batch of ``total`` rows (every draw is made for the whole batch)."""
+    global batch of ``total`` rows (every draw is made for the whole batch).  ``suffix_share`` of the
+    blocks are masked from a uniform cut to their end (left-to-right states), the rest at random."""
     b, n = ids.shape
+    block = mcfg.block_size
     device = next(model.parameters()).device
     ids = ids.to(device)
-    times = block_times(b, n // mcfg.block_size, gen, first, total)
+    times = block_times(b, n // block, gen, first, total)
     draws = torch.rand((total, n), generator=gen)[first:first + b]
+    if suffix_share > 0:
+        blocks = n // block
+        suffix = (torch.rand((total, blocks), generator=gen) < suffix_share)[first:first + b]
+        cut = torch.randint(0, block, (total, blocks), generator=gen)[first:first + b]
+        # A suffix block masks offsets >= cut: its rate is (block - cut) / block and its draws increase
+        # toward the block's start, so draw < rate exactly from the cut on.
+        rate = (block - cut).float() / block
+        offset = torch.arange(n) % block
+        ramp = ((block - 1 - offset).float() + 0.5) / block
+        times = torch.where(suffix, rate, times)
+        draws = torch.where(suffix.repeat_interleave(block, dim=1), ramp[None, :].expand(b, n), draws)
     maskable = (torch.arange(n, device=device) >= prompt_len)[None, :].expand(b, n)
     return block_diffusion_loss(model, ids, mcfg.mask_token_id, mcfg.block_size, times, draws, maskable=maskable,
                                 certainty=certainty, weighting="mean")

@@ -67,6 +67,10 @@ class TrainConfig:
     distill_data: str = ""
     # objective = "distill": weight of dParallel's certainty-forcing entropy term (0: plain CE).
     certainty: float = 2.0
+    # objective = "distill": share of blocks masked as a suffix (every position from a uniformly drawn
+    # cut on) instead of at random: the states a left-to-right decoder (commit = "ordered") visits,
+    # so certainty is forced where that decoder reads it.  0: dParallel's random masks only.
+    suffix_share: float = 0.0
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -74,6 +78,8 @@ class TrainConfig:
         if self.objective == "distill" and not self.distill_data:
             raise ConfigError("train.objective = 'distill' needs train.distill_data (a file written by "
                               "`quicksilver trajectories`)")
+        if not 0 <= self.suffix_share <= 1:
+            raise ConfigError("train.suffix_share must be between 0 and 1")
         if self.distributed not in ("ddp", "fsdp"):
             raise ConfigError("train.distributed must be 'ddp' or 'fsdp'")
         if self.objective == "sft" and not self.sft_data:

@@ -89,7 +89,7 @@ def block_step_loss(model, tokens, cfg: TrainConfig, mcfg: ModelConfig, gen: tor
     every draw made for the whole global batch from ``gen``."""
     if cfg.objective == "distill":  # tokens is (ids, prompt length)
         from .distill import distill_loss
-        return distill_loss(model, tokens[0], tokens[1], mcfg, gen, first, total, cfg.certainty)
+        return distill_loss(model, tokens[0], tokens[1], mcfg, gen, first, total, cfg.certainty, cfg.suffix_share)
     b, n = tokens.shape
     if cfg.fim_rate > 0:  # as the AR twin was trained, so that the adapted model keeps infilling (PSM)
         tokens = fim_transform(tokens, mcfg.fim_prefix_id, mcfg.fim_suffix_id, mcfg.fim_middle_id, gen,
