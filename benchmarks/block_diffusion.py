@@ -244,11 +244,14 @@ def write_report(result: dict, out: Path) -> None:
                          f"{q['unigram_entropy']:.2f} | {_pct(q.get('same_body_as_twin'))} | "
                          f"{_pct(q.get('same_first_line_as_twin'))} | "
                          f"{_num(q.get('common_prefix_chars'))} | {q['parse']:.0%} |")
-    lines += ["", "| model | bits/byte (val) | nats/token | single-line infill exact match | infill pass | tasks |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "| model | bits/byte (val; diffusion: NELBO bound) | nats/token | bits/byte left to right (exact) | "
+              "single-line infill exact match | infill pass | tasks |", "|---|---|---|---|---|---|---|"]
     for name, entry in [("twin (AR)", twin)] + list(result["models"].items()):
         p, f = entry.get("ppl"), entry.get("infill")
+        left = (p or {}).get("left_to_right") or ({"bits_per_byte": p["bits_per_byte"]} if p and name == "twin (AR)"
+                                                  else None)
         lines.append(f"| {name} | {p['bits_per_byte']:.3f} | {p['nats_per_token']:.3f} | " if p else f"| {name} | — | — | ")
+        lines[-1] += f"{left['bits_per_byte']:.3f} | " if left else "— | "
         lines[-1] += (f"{f['exact_match']:.1%} | {f['pass_rate']:.1%} | {f['tasks']} |" if f else "— | — | — |")
     (out / "block.md").write_text("\n".join(lines) + "\n")
     plot(result, out / "block.png")

@@ -148,6 +148,7 @@ class DecodePolicy:
             source = "" if self.draft_source == "head" else f" · {self.draft_source}"
             return f"verified · draft {self.draft_length}{source}"
         rule = {"fixed": f"fixed {self.steps or 'one/token'} steps", "threshold": f"threshold {self.threshold:g}",
+                "ordered": f"left to right, threshold {self.threshold:g}",
                 "factor": f"factor {self.factor:g}", "entropy": f"entropy ≤ {self.entropy_bound:g}"}[self.commit]
         if self.commit != "fixed" and self.score != "probability":
             rule += f" ({self.score})"
