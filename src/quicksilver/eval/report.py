@@ -79,8 +79,10 @@ def summary_line(result: dict) -> str:
     if kind == "ppl":
         se = result.get("se_monte_carlo_bits_per_byte")
         se_text = f" ± {se:.4f} (MC s.e.)" if se is not None else ""
+        left = result.get("left_to_right")  # block models: exact when read left to right inside blocks
+        left_text = f"; left to right (exact) {left['bits_per_byte']:.4f}" if left else ""
         return (f"bits per byte {result['bits_per_byte']:.4f}{se_text} ({result['nats_per_token']:.4f} nats/token, "
-                f"{result['windows']} windows); {result['estimator']}")
+                f"{result['windows']} windows); {result['estimator']}{left_text}")
     return kind
 
 
