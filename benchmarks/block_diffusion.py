@@ -139,8 +139,10 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "block.json"
     result = json.loads(path.read_text()) if args.resume and path.is_file() else {"models": {}}
-    result.update(command="python benchmarks/block_diffusion.py " + " ".join(sys.argv[1:] if argv is None else argv),
-                  machine=machine_info(), prompts=args.prompts, max_new_tokens=args.max_new_tokens, dtype="fp32")
+    command = "python benchmarks/block_diffusion.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    result.update(command=command, machine=machine_info(), prompts=args.prompts, max_new_tokens=args.max_new_tokens,
+                  dtype="fp32")
+    result["commands"] = result.get("commands", []) + [command]  # a resumed run keeps the earlier commands
 
     twin, tokenizer = load_model(args.ar_model, dtype=torch.float32)
     prompts = humaneval_prompts(args.prompts)

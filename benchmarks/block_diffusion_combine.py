@@ -19,7 +19,7 @@ def combine(folders: list[Path]) -> dict:
         part = json.loads((folder / "block.json").read_text())
         if not result:
             result = {k: v for k, v in part.items() if k != "models"} | {"models": {}, "commands": []}
-        result["commands"].append(part["command"])
+        result["commands"] += part.get("commands") or [part["command"]]
         for key, value in part["twin"].items():
             result["twin"].setdefault(key, value)
         for name, entry in part["models"].items():
