@@ -250,6 +250,8 @@ def write_report(result: dict, out: Path) -> None:
               "single-line infill exact match | infill pass | tasks |", "|---|---|---|---|---|---|---|"]
     for name, entry in [("twin (AR)", twin)] + list(result["models"].items()):
         p, f = entry.get("ppl"), entry.get("infill")
+        if not p and not f:
+            continue  # a speed-only entry (e.g. the same model under another commit rule)
         left = (p or {}).get("left_to_right") or ({"bits_per_byte": p["bits_per_byte"]} if p and name == "twin (AR)"
                                                   else None)
         lines.append(f"| {name} | {p['bits_per_byte']:.3f} | {p['nats_per_token']:.3f} | " if p else f"| {name} | — | — | ")

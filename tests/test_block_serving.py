@@ -63,3 +63,13 @@ def test_bad_rule_is_a_400(client):
     with pytest.raises(openai.BadRequestError) as err:
         client.completions.create(model="tiny-block", prompt="x", max_tokens=4, extra_body={"commit": "leftish"})
     assert "commit" in str(err.value)
+
+
+def test_default_decoding_is_the_exact_cache_left_to_right(client, block_lm):
+    """A request naming no decoding option gets the block model's default: its own blocks, the exact
+    cache, the ordered rule at 0.9 (what the library decodes with by default)."""
+    policy = block_lm.default_policy
+    assert (policy.commit, policy.threshold, policy.cache, policy.block_length) == ("ordered", 0.9, "prefix", 4)
+    expected = block_lm.generate(PROMPTS[2], max_new_tokens=12).text
+    got = client.completions.create(model="tiny-block", prompt=PROMPTS[2], max_tokens=12, temperature=0)
+    assert got.choices[0].text == expected

@@ -63,12 +63,15 @@ class LM(TokenizerText):
         the AR twin, verified decoding when it ships a draft head (the same output as plain greedy
         decoding, token for token, sooner: drafts copied from earlier text, docs/benchmarks.md, "Verified
         decoding").  ``preset="reference"`` is the reference sampler.  A block-diffusion model
-        (``block_size``) decodes its own blocks with the exact cache (``sampling/block_causal.py``)."""
+        (``block_size``) decodes its own blocks with the exact cache (``sampling/block_causal.py``),
+        left to right at threshold 0.9 (``commit="ordered"``: committing by confidence anywhere in the
+        block more than doubled its generative perplexity, docs/benchmarks.md, "Block diffusion")."""
         if not self.is_diffusion and self.drafter is not None:
             return resolve_policy(diffusion=False, decoding="verified", draft_source=VERIFIED_DEFAULT_SOURCE)
         policy = resolve_policy(FAMILY_DEFAULTS.get(self.model.config.family), diffusion=self.is_diffusion)
         if self.is_diffusion and self.model.config.block_size:
-            policy = dataclasses.replace(policy, block_length=self.model.config.block_size, cache="prefix")
+            policy = dataclasses.replace(policy, block_length=self.model.config.block_size, cache="prefix",
+                                         commit="ordered", threshold=0.9)
         return policy
 
     @property
