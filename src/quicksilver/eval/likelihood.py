@@ -103,6 +103,27 @@ def diffusion_nelbo(model, windows: torch.Tensor, samples: int = 16, batch_size:
     return out
 
 
+def _block_windows(model, windows: torch.Tensor) -> tuple[torch.device, int]:
+    """The model's device and block size, once the windows are known to be whole blocks."""
+    block = model.config.block_size
+    if windows.shape[1] % block:
+        raise ValueError(f"window length {windows.shape[1]} is not a multiple of the block size {block}")
+    return next(model.parameters()).device, block
+
+
+def _block_ce_per_row(model, x0: torch.Tensor, masked: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Per row of ``x0`` (n, L): the sum over ``masked`` positions of ``weight`` x the cross-entropy of
+    the block model's prediction there (one [x_t ; x_0] pass, ``diffusion.block_masked_logits``)."""
+    from ..diffusion import block_masked_logits
+
+    device = x0.device
+    logits = block_masked_logits(model, x0, masked.to(device), model.config.mask_token_id, model.config.block_size)
+    ce = F.cross_entropy(logits, x0[masked.to(device)], reduction="none").double().cpu()
+    masked = masked.cpu()
+    row = torch.arange(x0.shape[0])[:, None].expand(-1, x0.shape[1])[masked]
+    return torch.zeros(x0.shape[0], dtype=torch.float64).index_add_(0, row, ce * weight.cpu()[masked])
+
+
 @torch.no_grad()
 def block_nelbo(model, windows: torch.Tensor, samples: int = 8, batch_size: int = 16, seed: int = 0,
                 progress: Callable[[int], None] | None = None) -> torch.Tensor:
@@ -112,14 +133,8 @@ def block_nelbo(model, windows: torch.Tensor, samples: int = 8, batch_size: int 
     Sample j of a window draws each block's mask rate stratified, t = (j + u) / K with u ~ U(0, 1)
     per block, masks each scored position with its block's rate and weights the masked
     cross-entropies by 1 / t (the continuous-time NELBO the model was trained on)."""
-    from ..diffusion import block_masked_logits
-
-    cfg = model.config
-    device = next(model.parameters()).device
+    device, block = _block_windows(model, windows)
     w, length = windows.shape
-    block = cfg.block_size
-    if length % block:
-        raise ValueError(f"window length {length} is not a multiple of the block size {block}")
     gen = torch.Generator().manual_seed(seed)
     pairs = [(i, j) for i in range(w) for j in range(samples)]
     out = torch.zeros(w, samples, dtype=torch.float64)
@@ -131,10 +146,7 @@ def block_nelbo(model, windows: torch.Tensor, samples: int = 8, batch_size: int 
         t = ((j + u) / samples).clamp(min=1e-3).repeat_interleave(block, dim=1)  # (n, L)
         masked = torch.rand(len(chunk), length, generator=gen, dtype=torch.float64) < t
         masked[:, 0] = False
-        logits = block_masked_logits(model, x0, masked.to(device), cfg.mask_token_id, block)
-        ce = F.cross_entropy(logits, x0[masked.to(device)], reduction="none").double().cpu()
-        row = torch.arange(len(chunk))[:, None].expand(-1, length)[masked]
-        per_row = torch.zeros(len(chunk), dtype=torch.float64).index_add_(0, row, ce / t[masked])
+        per_row = _block_ce_per_row(model, x0, masked, 1 / t)
         for (i, jj), value in zip(chunk, per_row.tolist()):
             out[i, jj] = value
         if progress is not None:
@@ -149,15 +161,9 @@ def block_left_to_right_nll(model, windows: torch.Tensor, batch_size: int = 16) 
     it (what ``commit="ordered"`` at threshold 1.0 samples from).  Tokens 1..L-1 given token 0, like
     :func:`ar_nll`, so the two are directly comparable; ``block_size`` passes per batch, one per
     offset inside the block."""
-    from ..diffusion import block_masked_logits
-
-    cfg = model.config
-    device = next(model.parameters()).device
+    device, block = _block_windows(model, windows)
     w, length = windows.shape
-    block = cfg.block_size
-    if length % block:
-        raise ValueError(f"window length {length} is not a multiple of the block size {block}")
-    offset = torch.arange(length, device=device) % block
+    offset = torch.arange(length) % block
     out = torch.zeros(w, dtype=torch.float64)
     for start in range(0, w, batch_size):
         x0 = windows[start:start + batch_size].to(device)
@@ -165,12 +171,8 @@ def block_left_to_right_nll(model, windows: torch.Tensor, batch_size: int = 16) 
         for k in range(block):
             masked = (offset >= k)[None, :].expand(n, length).clone()
             masked[:, 0] = False
-            scored = masked & (offset == k)[None, :]
-            logits = block_masked_logits(model, x0, masked, cfg.mask_token_id, block)
-            keep = scored[masked]  # the masked positions at offset k, in masked.nonzero() order
-            ce = F.cross_entropy(logits[keep], x0[scored], reduction="none").double().cpu()
-            row = torch.arange(n)[:, None].expand(-1, length)[scored.cpu()]
-            out[start:start + n].index_add_(0, row, ce)
+            scored = (offset == k).double()[None, :].expand(n, length)  # only offset k counts this pass
+            out[start:start + n] += _block_ce_per_row(model, x0, masked, scored)
     return out
 
 
